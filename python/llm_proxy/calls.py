@@ -1,0 +1,219 @@
+"""The internal call every front door produces and every stage reads."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from .errors import bad_request
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class ChatHead(msgspec.Struct):
+    """The parts of a chat request the gateway reads; the rest is forwarded untouched."""
+
+    model: str
+    messages: msgspec.Raw
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+class CompletionHead(msgspec.Struct):
+    model: str
+    prompt: msgspec.Raw
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+
+class EmbeddingHead(msgspec.Struct):
+    model: str
+    input: msgspec.Raw
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ResponseHead(msgspec.Struct):
+    """What the gateway reads of an upstream's whole OpenAI-format answer."""
+
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class Deployment:
+    """Where a model name is served: a provider and the upstream's name for the model."""
+
+    name: str
+    provider: str
+    model: str
+
+
+@dataclass(slots=True)
+class Call:
+    """One request on its way through the pipeline."""
+
+    request_id: str
+    door: Literal["http", "grpc"]
+    endpoint: Endpoint
+    body: bytes
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    # The raw JSON of `messages` (chat) or `prompt` / `input`, for token counting.
+    prompt_json: bytes = b""
+    # Client headers or gRPC metadata, lowercase names.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Absolute time.monotonic() deadline from the client (gRPC), if any.
+    deadline: float | None = None
+    started: float = field(default_factory=time.perf_counter)
+    upstream_s: float = 0.0
+    first_token_s: float | None = None
+    deployment: Deployment | None = None
+    cache_status: str = "off"
+    cache_age_s: float | None = None
+    key_id: str | None = None
+    team: str | None = None
+
+    def remaining_s(self, limit: float) -> float:
+        """The time the upstream may take: the provider's limit, bounded by the deadline."""
+        if self.deadline is None:
+            return limit
+        return max(0.0, min(limit, self.deadline - time.monotonic()))
+
+    def overhead_ms(self) -> float:
+        return max(0.0, (time.perf_counter() - self.started - self.upstream_s) * 1000.0)
+
+
+@dataclass(slots=True)
+class Reply:
+    """A whole (non-streamed) answer in OpenAI format."""
+
+    body: bytes
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    usage: Usage | None = None
+
+
+class StreamSummary(Protocol):
+    """What a finished stream amounts to (the Rust relay's summary has this shape)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def tool_calls_json(self) -> str: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def usage_counted(self) -> bool: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+class EventStream(Protocol):
+    """A streamed answer: complete OpenAI SSE events, each ready to write to the client."""
+
+    headers: list[tuple[str, str]]
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def summary(self) -> StreamSummary | None: ...
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class SimpleSummary:
+    """A StreamSummary for streams the gateway produces itself (mock provider, cache replay)."""
+
+    text: str = ""
+    tool_calls_json: str = "[]"
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_counted: bool = False
+    done: bool = False
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a call ended, for the log and metrics stage."""
+
+    status: int
+    error_type: str | None = None
+    error_message: str | None = None
+    usage: Usage | None = None
+    response_body: bytes | None = None
+    summary: StreamSummary | None = None
+
+
+_HEADS: dict[Endpoint, msgspec.json.Decoder[Any]] = {
+    "chat": msgspec.json.Decoder(ChatHead),
+    "completions": msgspec.json.Decoder(CompletionHead),
+    "embeddings": msgspec.json.Decoder(EmbeddingHead),
+}
+_AT_FIELD = re.compile(r"at `\$\.([A-Za-z_]\w*)")
+_MISSING_FIELD = re.compile(r"missing required field `(\w+)`")
+_EMPTY_ARRAY = re.compile(rb"\A\[\s*\]\Z")
+
+
+def decode_call(
+    endpoint: Endpoint,
+    body: bytes,
+    *,
+    door: Literal["http", "grpc"],
+    request_id: str,
+    headers: Mapping[str, str],
+) -> Call:
+    """Build a Call from an OpenAI-format body, or raise a 400 naming the bad field."""
+    try:
+        head = _HEADS[endpoint].decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if text.startswith("Expected `object`"):
+            raise bad_request("the request body must be a JSON object") from None
+        m = _MISSING_FIELD.search(text) or _AT_FIELD.search(text)
+        param = m.group(1) if m else None
+        raise bad_request(f"invalid request: {text}", param=param) from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"could not parse the JSON body of your request: {exc}") from None
+    if isinstance(head, ChatHead):
+        prompt = bytes(head.messages)
+        if not prompt.startswith(b"["):
+            raise bad_request("`messages` must be an array", param="messages")
+        if _EMPTY_ARRAY.match(prompt):
+            raise bad_request("`messages` must contain at least one message", param="messages")
+    elif isinstance(head, CompletionHead):
+        prompt = bytes(head.prompt)
+    else:
+        prompt = bytes(head.input)
+    stream = bool(getattr(head, "stream", None))
+    options = getattr(head, "stream_options", None)
+    return Call(
+        request_id=request_id,
+        door=door,
+        endpoint=endpoint,
+        body=body,
+        model=head.model,
+        stream=stream,
+        include_usage=bool(options and options.include_usage),
+        prompt_json=prompt,
+        headers=headers,
+    )

@@ -1,0 +1,99 @@
+"""The `llm-proxy` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        where = path or "the default config"
+        print(f"llm-proxy: bad config ({where}): {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    os.environ["LLM_PROXY_CONFIG"] = str(Path(args.config).resolve()) if args.config else ""
+    if args.grpc_port is not None:
+        os.environ["LLM_PROXY_GRPC_PORT"] = str(args.grpc_port)
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    workers = args.workers or config.server.workers
+    grace = max(1, round(config.server.shutdown_grace_s))
+    server = Granian(
+        "llm_proxy.http.app:create_app",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.RSGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        log_access=False,
+        workers_kill_timeout=grace,
+        backlog=2048,
+    )
+    print(f"llm-proxy serving http://{host}:{port} ({workers} worker(s))", flush=True)
+    server.serve()
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    print(f"config OK: {len(config.providers)} provider(s), {len(config.models)} model(s)")
+    for name, model in config.models.items():
+        kind = config.providers[model.provider].__struct_config__.tag
+        print(f"  {name:<28} -> {model.provider} ({kind}) {model.model}")
+    return 0
+
+
+def cmd_mock_upstream(args: argparse.Namespace) -> int:
+    from .testing.mock_upstream import main as mock_main
+
+    argv = ["--host", args.host, "--port", str(args.port), "--delay-ms", str(args.delay_ms)]
+    return mock_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (HTTP and gRPC front doors)")
+    serve.add_argument("--config", help="YAML config file (default: built-in mock models)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--grpc-port", type=int, help="override server.grpc_port (0 turns it off)")
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and list its models")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+
+    mock = sub.add_parser("mock-upstream", help="run the mock OpenAI/Anthropic upstream")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8090)
+    mock.add_argument("--delay-ms", type=int, default=0)
+    mock.set_defaults(func=cmd_mock_upstream)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""Settings: one YAML file, validated once at startup into msgspec Structs."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message names the bad field's path."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    grpc_port: int = 50051
+    workers: int = 1
+    max_body_bytes: int = 4 * MiB
+    shutdown_grace_s: float = 30.0
+
+
+class _ProviderBase(_Section, tag_field="kind"):
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    headers: dict[str, str] = {}
+    max_connections: int = 1000
+
+
+class OpenAIProvider(_ProviderBase, tag="openai", kw_only=True):
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str | None = None
+    organization: str | None = None
+
+
+class AzureProvider(_ProviderBase, tag="azure", kw_only=True):
+    base_url: str
+    api_key: str | None = None
+    api_version: str = "2024-10-21"
+
+
+class AnthropicProvider(_ProviderBase, tag="anthropic", kw_only=True):
+    base_url: str = "https://api.anthropic.com"
+    api_key: str | None = None
+    anthropic_version: str = "2023-06-01"
+    max_tokens: int = 4096
+
+
+class MockProvider(_ProviderBase, tag="mock", kw_only=True):
+    latency_ms: float = 0.0
+    chunks: int = 8
+    chunk_delay_ms: float = 0.0
+
+
+ProviderConfig = OpenAIProvider | AzureProvider | AnthropicProvider | MockProvider
+
+
+class ModelConfig(_Section):
+    provider: str
+    model: str
+
+
+class CacheConfig(_Section):
+    enabled: bool = False
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "llm-proxy:cache:"
+    ttl_s: float = 3600.0
+    max_bytes: int = 256 * MiB
+    scope: Literal["global", "team", "key"] | None = None
+    endpoints: list[Literal["chat", "completions", "embeddings"]] = msgspec.field(
+        default_factory=lambda: ["chat", "completions", "embeddings"]
+    )
+    timeout_s: float = 0.05
+
+
+class Price(_Section):
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+class LoggingConfig(_Section):
+    enabled: bool = True
+    store: str = "sqlite:///./llm-proxy.db"
+    content: Literal["full", "redacted", "none"] = "full"
+    retention_days: float = 30.0
+    max_rows: int | None = None
+    queue_size: int = 10000
+    batch_size: int = 500
+    flush_interval_s: float = 0.25
+    spool_path: str = "./llm-proxy.spool"
+    prices: dict[str, Price] = {}
+
+
+class TelemetryConfig(_Section):
+    otlp_endpoint: str | None = None
+    service_name: str = "llm-proxy"
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            value = os.environ.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    raise ConfigError(f"environment variable {name} is not set - at `{path}`")
+                return default
+            return value
+
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _interpolate(v, f"{path}.{k}") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def parse_config(data: Any) -> Config:
+    """Validate an already-loaded mapping (env vars not yet substituted) into a Config."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping - at `$`")
+    data = _interpolate(data, "$")
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_named_path(data, exc)) from None
+    _check(config)
+    return config
+
+
+def _named_path(data: dict[str, Any], exc: msgspec.ValidationError) -> str:
+    """msgspec writes `[...]` for mapping keys; find which entry failed so the path names it."""
+    message = str(exc)
+    for section, kind in (("providers", ProviderConfig), ("models", ModelConfig)):
+        entries = data.get(section)
+        if f"$.{section}[...]" not in message or not isinstance(entries, dict):
+            continue
+        for name, entry in entries.items():
+            try:
+                msgspec.convert(entry, kind)
+            except msgspec.ValidationError as inner:
+                text = str(inner)
+                if " - at `$" not in text:
+                    return f"{text} - at `$.{section}.{name}`"
+                return text.replace("`$", f"`$.{section}.{name}", 1)
+    return message
+
+
+def _check(config: Config) -> None:
+    for name, model in config.models.items():
+        if model.provider not in config.providers:
+            known = ", ".join(sorted(config.providers)) or "none"
+            raise ConfigError(
+                f"unknown provider `{model.provider}` (known: {known}) - at "
+                f"`$.models.{name}.provider`"
+            )
+    if not 0 <= config.server.port < 65536:
+        raise ConfigError("port must be 0..65535 - at `$.server.port`")
+    if not 0 <= config.server.grpc_port < 65536:
+        raise ConfigError("port must be 0..65535 - at `$.server.grpc_port`")
+    if config.server.workers < 1:
+        raise ConfigError("workers must be at least 1 - at `$.server.workers`")
+    for name, provider in config.providers.items():
+        if provider.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be positive - at `$.providers.{name}.timeout_s`")
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a YAML config file, or the built-in default config when `path` is None."""
+    if path is None:
+        return parse_config(default_config_data())
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {path}: {exc}") from None
+    return parse_config(data)
+
+
+def default_config_data() -> dict[str, Any]:
+    """The zero-setup config: mock models, plus real providers whose key variables are set."""
+    data: dict[str, Any] = {
+        "providers": {"mock": {"kind": "mock"}},
+        "models": {
+            "mock-1": {"provider": "mock", "model": "mock-1"},
+            "mock-fast": {"provider": "mock", "model": "mock-fast"},
+            "mock-embed": {"provider": "mock", "model": "mock-embed"},
+        },
+    }
+    if os.environ.get("OPENAI_API_KEY"):
+        data["providers"]["openai"] = {"kind": "openai", "api_key": "${OPENAI_API_KEY}"}
+        for m in ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "text-embedding-3-small"):
+            data["models"][m] = {"provider": "openai", "model": m}
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        data["providers"]["anthropic"] = {"kind": "anthropic", "api_key": "${ANTHROPIC_API_KEY}"}
+        for m in ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"):
+            data["models"][m] = {"provider": "anthropic", "model": m}
+    return data

@@ -1,0 +1,204 @@
+"""The OpenAI-compatible HTTP front door: a Granian RSGI app that only translates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgspec
+from granian.rsgi import HTTPProtocol, ProtocolClosed, ProtocolError, Scope
+
+from ..calls import Call, Endpoint, decode_call
+from ..config import Config, load_config
+from ..errors import GatewayError
+from ..pipeline import Pipeline, PipelineStream
+
+log = logging.getLogger("llm_proxy.http")
+_encoder = msgspec.json.Encoder()
+
+JSON = "application/json"
+_POST_ROUTES: dict[str, Endpoint] = {
+    "/v1/chat/completions": "chat",
+    "/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/embeddings": "embeddings",
+}
+_SSE_HEADERS = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+]
+
+Handler = Callable[[Scope, HTTPProtocol, str], Coroutine[Any, Any, None]]
+
+
+def _error_response(proto: HTTPProtocol, exc: GatewayError, request_id: str) -> None:
+    headers = [("content-type", JSON), ("x-request-id", request_id), *exc.headers]
+    proto.response_bytes(exc.status, headers, exc.body())
+
+
+def _cache_headers(call: Call) -> list[tuple[str, str]]:
+    if call.cache_status == "off":
+        return []
+    if call.cache_age_s is None:
+        return [("x-llm-proxy-cache", call.cache_status)]
+    return [("x-llm-proxy-cache", call.cache_status), ("age", str(int(call.cache_age_s)))]
+
+
+class GatewayApp:
+    """RSGI application: `__rsgi_init__` starts the pipeline inside the worker's own loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pipeline = Pipeline(config)
+        self.max_body = config.server.max_body_bytes
+        self._models_body = self._render_models()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.pipeline.start())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.pipeline.close())
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        if scope.proto != "http":
+            return
+        request_id = scope.headers.get("x-request-id") or uuid.uuid4().hex
+        path, method = scope.path, scope.method
+        try:
+            endpoint = _POST_ROUTES.get(path)
+            if endpoint is not None:
+                if method != "POST":
+                    raise GatewayError(405, f"method {method} not allowed on {path}; use POST",
+                                       headers=[("allow", "POST")])
+                await self._inference(scope, proto, endpoint, request_id)
+            elif method == "GET" or method == "HEAD":
+                self._get(scope, proto, path, request_id)
+            elif path in ("/v1/models", "/health", "/ready") or path.startswith("/v1/models/"):
+                raise GatewayError(405, f"method {method} not allowed on {path}; use GET",
+                                   headers=[("allow", "GET")])
+            else:
+                raise GatewayError(404, f"Unknown request URL: {method} {path}",
+                                   code="unknown_url")
+        except GatewayError as exc:
+            _error_response(proto, exc, request_id)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            _error_response(proto, GatewayError(500, "internal gateway error",
+                                               type="api_error"), request_id)
+
+    def _get(self, scope: Scope, proto: HTTPProtocol, path: str, request_id: str) -> None:
+        if path == "/health":
+            body = b'{"status":"ok"}'
+        elif path == "/ready":
+            if not self.pipeline.ready:
+                raise GatewayError(503, "not ready: upstream pools are not created yet")
+            body = b'{"status":"ready"}'
+        elif path == "/v1/models" or path == "/models":
+            body = self._models_body
+        elif path.startswith("/v1/models/"):
+            name = path[len("/v1/models/"):]
+            model = self.config.models.get(name)
+            if model is None:
+                raise GatewayError(404, f"The model `{name}` does not exist.", param="model",
+                                   code="model_not_found")
+            body = _encoder.encode(self._model_entry(name, model.provider))
+        else:
+            raise GatewayError(404, f"Unknown request URL: GET {path}", code="unknown_url")
+        proto.response_bytes(200, [("content-type", JSON), ("x-request-id", request_id)], body)
+
+    def _model_entry(self, name: str, provider: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": provider}
+
+    def _render_models(self) -> bytes:
+        data = [self._model_entry(n, m.provider) for n, m in self.config.models.items()]
+        return _encoder.encode({"object": "list", "data": data})
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def _read_body(self, scope: Scope, proto: HTTPProtocol) -> bytes:
+        content_type = scope.headers.get("content-type")
+        if content_type and not content_type.lower().startswith(JSON):
+            raise GatewayError(415, f"unsupported content type `{content_type}`; send {JSON}")
+        length = scope.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise GatewayError(413, f"request body is larger than {self.max_body} bytes")
+        body = await proto()
+        if len(body) > self.max_body:
+            raise GatewayError(413, f"request body is larger than {self.max_body} bytes")
+        if not body:
+            raise GatewayError(400, "the request body is empty; send a JSON object")
+        return body
+
+    async def _inference(
+        self, scope: Scope, proto: HTTPProtocol, endpoint: Endpoint, request_id: str
+    ) -> None:
+        body = await self._read_body(scope, proto)
+        call = decode_call(endpoint, body, door="http", request_id=request_id,
+                           headers=scope.headers)
+        if call.stream:
+            await self._stream(call, proto)
+            return
+        reply = await self.pipeline.complete(call)
+        headers = [
+            ("content-type", JSON),
+            ("x-request-id", request_id),
+            ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
+            *_cache_headers(call),
+            *reply.headers,
+        ]
+        proto.response_bytes(reply.status, headers, reply.body)
+
+    async def _stream(self, call: Call, proto: HTTPProtocol) -> None:
+        stream = await self.pipeline.stream(call)
+        headers = [
+            *_SSE_HEADERS,
+            ("x-request-id", call.request_id),
+            ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
+            *_cache_headers(call),
+            *stream.headers,
+        ]
+        transport = proto.response_stream(200, headers)
+        pump = asyncio.ensure_future(self._pump(stream, transport))
+        gone = asyncio.ensure_future(proto.client_disconnect())
+        try:
+            await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pump.done():
+                # The client left: cancelling the pump closes the upstream connection.
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+                await stream.aclose()
+            gone.cancel()
+
+    async def _pump(self, stream: PipelineStream, transport: Any) -> None:
+        async with contextlib.aclosing(stream.__aiter__()) as events:
+            try:
+                async for event in events:
+                    await transport.send_bytes(event)
+            except GatewayError as exc:
+                with contextlib.suppress(ProtocolClosed, ProtocolError):
+                    await transport.send_bytes(exc.sse_event())
+            except (ProtocolClosed, ProtocolError):
+                pass  # the client left; closing `events` closes the upstream
+            except Exception:
+                log.exception("stream %s failed", stream.request_id)
+                with contextlib.suppress(ProtocolClosed, ProtocolError):
+                    await transport.send_bytes(GatewayError(502, "stream failed").sse_event())
+
+
+def create_app() -> GatewayApp:
+    """Granian factory: loads the config named by LLM_PROXY_CONFIG (or the default one)."""
+    return GatewayApp(load_config(os.environ.get("LLM_PROXY_CONFIG") or None))

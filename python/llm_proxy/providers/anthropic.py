@@ -1,0 +1,167 @@
+"""Anthropic Messages API: chat completions translated to Messages and back, whole and streamed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from .. import _core
+from ..calls import Call, Deployment, Reply, StreamSummary, Usage
+from ..config import AnthropicProvider
+from ..errors import GatewayError
+from . import anthropic_format as fmt
+from .transport import UpstreamClient, UpstreamResponse, UpstreamStream, passed_headers
+
+_decoder = msgspec.json.Decoder(dict[str, Any])
+_encoder = msgspec.json.Encoder()
+
+
+def _translated_error(resp: UpstreamResponse, provider: str) -> GatewayError:
+    status, body = fmt.error_to_openai(resp.status, resp.body)
+    error = msgspec.json.decode(body).get("error", {})
+    message = error.get("message") or f"upstream {provider} answered {resp.status}"
+    headers = passed_headers(resp.headers)
+    if status >= 500:
+        return GatewayError(502, f"upstream {provider} answered {resp.status}: {message}",
+                            code=f"upstream_{resp.status}", headers=headers)
+    return GatewayError(status, message, type=error.get("type"), code=error.get("code"),
+                        headers=headers, body=body)
+
+
+class TranslatedStream:
+    """Anthropic stream events, parsed by the Rust relay and re-shaped into OpenAI chunks."""
+
+    def __init__(self, upstream: UpstreamStream, call: Call, deployment: Deployment) -> None:
+        self._upstream = upstream
+        self._call = call
+        self._relay = _core.SseRelay("anthropic", model=deployment.model)
+        self._translator = fmt.StreamTranslator(call.model, int(time.time()), call.include_usage)
+        self._summary: StreamSummary | None = None
+        self.headers = passed_headers(upstream.headers)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        call, relay, translator = self._call, self._relay, self._translator
+        waited = time.perf_counter()
+        try:
+            async for chunk in self._upstream.chunks():
+                call.upstream_s += time.perf_counter() - waited
+                try:
+                    events = relay.feed(chunk)
+                except _core.SseError as exc:
+                    raise GatewayError(502, f"upstream sent a bad stream: {exc}") from None
+                for event in events:
+                    data = fmt.data_of(event)
+                    if data is None:
+                        continue
+                    try:
+                        out = translator.event(data)
+                    except fmt.UpstreamStreamError as exc:
+                        raise GatewayError(502, f"upstream stream error: {exc}") from None
+                    except (msgspec.DecodeError, ValueError):
+                        raise GatewayError(502, "upstream sent a bad stream event") from None
+                    for item in out:
+                        yield item
+                waited = time.perf_counter()
+        finally:
+            self._summary = relay.finish()
+            self._upstream.close()
+        summary = self._summary
+        if summary.error is not None:
+            raise GatewayError(502, f"upstream sent a bad stream: {summary.error}")
+        if not summary.done:
+            raise GatewayError(502, "upstream closed the stream before it finished")
+
+    def summary(self) -> StreamSummary | None:
+        return self._summary
+
+    async def aclose(self) -> None:
+        self._upstream.close()
+
+
+class Anthropic:
+    """Chat completions served by Anthropic's Messages API."""
+
+    def __init__(self, name: str, config: AnthropicProvider) -> None:
+        self.name = name
+        self.config = config
+        self.client = UpstreamClient(
+            max_connections=config.max_connections, connect_timeout_s=config.connect_timeout_s
+        )
+        self.url = config.base_url.rstrip("/") + "/v1/messages"
+        headers = {
+            "content-type": "application/json",
+            "anthropic-version": config.anthropic_version,
+        }
+        if config.api_key:
+            headers["x-api-key"] = config.api_key
+        headers.update({k.lower(): v for k, v in config.headers.items()})
+        self.headers = headers
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _request(self, call: Call, deployment: Deployment) -> bytes:
+        if call.endpoint != "chat":
+            raise GatewayError(
+                400, f"the anthropic provider serves chat completions only, not {call.endpoint}"
+            )
+        try:
+            body = fmt.chat_to_messages(_decoder.decode(call.body), deployment.model,
+                                        self.config.max_tokens)
+        except fmt.TranslationError as exc:
+            raise GatewayError(400, str(exc), param=exc.param) from None
+        return _encoder.encode(body)
+
+    def _timeout(self, call: Call) -> float:
+        timeout = call.remaining_s(self.config.timeout_s)
+        if timeout <= 0:
+            raise GatewayError(504, "deadline exceeded before the upstream was called")
+        return timeout
+
+    async def complete(self, call: Call, deployment: Deployment) -> Reply:
+        body = self._request(call, deployment)
+        timeout = self._timeout(call)
+        started = time.perf_counter()
+        try:
+            resp = await self.client.post(self.url, self.headers, body, timeout)
+        finally:
+            call.upstream_s += time.perf_counter() - started
+        if resp.status != 200:
+            raise _translated_error(resp, self.name)
+        try:
+            answer = _decoder.decode(resp.body)
+            chat = fmt.messages_to_chat(answer, call.model, int(time.time()))
+        except (msgspec.DecodeError, ValueError, KeyError, TypeError):
+            raise GatewayError(502, f"upstream {self.name} answered with invalid JSON") from None
+        usage = chat.get("usage") or {}
+        return Reply(
+            _encoder.encode(chat),
+            200,
+            passed_headers(resp.headers),
+            Usage(
+                usage.get("prompt_tokens", 0),
+                usage.get("completion_tokens", 0),
+                usage.get("total_tokens", 0),
+            ),
+        )
+
+    async def stream(self, call: Call, deployment: Deployment) -> TranslatedStream:
+        body = self._request(call, deployment)
+        timeout = self._timeout(call)
+        started = time.perf_counter()
+        try:
+            upstream = await self.client.post_stream(self.url, self.headers, body, timeout)
+        finally:
+            call.upstream_s += time.perf_counter() - started
+        if upstream.status != 200:
+            data = await upstream.read()
+            upstream.release()
+            raise _translated_error(UpstreamResponse(upstream.status, upstream.headers, data),
+                                    self.name)
+        return TranslatedStream(upstream, call, deployment)
