@@ -112,8 +112,18 @@ def start_gateway(
     path.write_text(yaml.safe_dump(config))
     log = open(tmp_dir / f"gateway-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_proxy.cli", "serve", "--config", str(path),
-         "--port", str(port), "--grpc-port", str(grpc_port)],
+        [
+            sys.executable,
+            "-m",
+            "llm_proxy.cli",
+            "serve",
+            "--config",
+            str(path),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
@@ -143,16 +153,28 @@ def standard_config(upstream: MockUpstream) -> dict[str, Any]:
         "server": {"max_body_bytes": 65536, "shutdown_grace_s": 20},
         "logging": {"enabled": False},
         "providers": {
-            "up": {"kind": "openai", "base_url": upstream.url + "/v1", "api_key": "sk-up-SECRET",
-                   "timeout_s": 3},
-            "az": {"kind": "azure", "base_url": upstream.url, "api_key": "az-SECRET",
-                   "api_version": "2024-10-21"},
+            "up": {
+                "kind": "openai",
+                "base_url": upstream.url + "/v1",
+                "api_key": "sk-up-SECRET",
+                "timeout_s": 3,
+            },
+            "az": {
+                "kind": "azure",
+                "base_url": upstream.url,
+                "api_key": "az-SECRET",
+                "api_version": "2024-10-21",
+            },
             "claude": {"kind": "anthropic", "base_url": upstream.url, "api_key": "ant-SECRET"},
             "fake": {"kind": "mock"},
             "down": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
             **{
-                name: {"kind": "openai", "base_url": upstream.url + "/v1", "timeout_s": timeout,
-                       "headers": headers}
+                name: {
+                    "kind": "openai",
+                    "base_url": upstream.url + "/v1",
+                    "timeout_s": timeout,
+                    "headers": headers,
+                }
                 for name, timeout, headers in (
                     ("up429", 3, {"x-mock-status": "429"}),
                     ("up500", 3, {"x-mock-status": "500"}),
@@ -163,8 +185,12 @@ def standard_config(upstream: MockUpstream) -> dict[str, Any]:
                     ("updrip", 5, {"x-mock-chunks": "40", "x-mock-chunk-delay-ms": "50"}),
                 )
             },
-            "claude429": {"kind": "anthropic", "base_url": upstream.url, "api_key": "ant-SECRET",
-                          "headers": {"x-mock-status": "429"}},
+            "claude429": {
+                "kind": "anthropic",
+                "base_url": upstream.url,
+                "api_key": "ant-SECRET",
+                "headers": {"x-mock-status": "429"},
+            },
         },
         "models": {
             "gpt-4o-mini": {"provider": "up", "model": "gpt-4o-mini"},
@@ -174,8 +200,10 @@ def standard_config(upstream: MockUpstream) -> dict[str, Any]:
             "mock-1": {"provider": "fake", "model": "mock-1"},
             "text-embedding-3-small": {"provider": "up", "model": "text-embedding-3-small"},
             "gone": {"provider": "down", "model": "gone"},
-            **{m: {"provider": m, "model": "gpt-4o-mini"}
-               for m in ("up429", "up500", "up400", "upslow", "upbroken", "upgarbage", "updrip")},
+            **{
+                m: {"provider": m, "model": "gpt-4o-mini"}
+                for m in ("up429", "up500", "up400", "upslow", "upbroken", "upgarbage", "updrip")
+            },
             "claude429": {"provider": "claude429", "model": "claude-sonnet-4-5"},
         },
     }

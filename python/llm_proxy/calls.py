@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -13,6 +13,15 @@ import msgspec
 from .errors import bad_request
 
 Endpoint = Literal["chat", "completions", "embeddings"]
+
+
+class Headers(Protocol):
+    """Request headers or gRPC metadata, looked up by lowercase name."""
+
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+
+_NO_HEADERS: dict[str, str] = {}
 
 
 class StreamOptions(msgspec.Struct):
@@ -75,7 +84,7 @@ class Call:
     # The raw JSON of `messages` (chat) or `prompt` / `input`, for token counting.
     prompt_json: bytes = b""
     # Client headers or gRPC metadata, lowercase names.
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Headers = field(default_factory=lambda: _NO_HEADERS)
     # Absolute time.monotonic() deadline from the client (gRPC), if any.
     deadline: float | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -180,7 +189,7 @@ def decode_call(
     *,
     door: Literal["http", "grpc"],
     request_id: str,
-    headers: Mapping[str, str],
+    headers: Headers,
 ) -> Call:
     """Build a Call from an OpenAI-format body, or raise a 400 naming the bad field."""
     try:
@@ -194,6 +203,8 @@ def decode_call(
         raise bad_request(f"invalid request: {text}", param=param) from None
     except msgspec.DecodeError as exc:
         raise bad_request(f"could not parse the JSON body of your request: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"the request body is not valid UTF-8 (byte {exc.start})") from None
     if isinstance(head, ChatHead):
         prompt = bytes(head.messages)
         if not prompt.startswith(b"["):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
+from .observe import cli as observe_cli
 
 
 def _load(path: str | None) -> Config:
@@ -21,6 +22,13 @@ def _load(path: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    from .observe import ObserveConfigError, prepare_multiprocess, validate
+
+    try:
+        validate(config)
+    except ObserveConfigError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr)
+        return 2
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
@@ -31,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = config.server.port if args.port is None else args.port
     workers = args.workers or config.server.workers
     grace = max(1, round(config.server.shutdown_grace_s))
+    prepare_multiprocess(workers)
     server = Granian(
         "llm_proxy.http.app:create_app",
         factory=True,
@@ -61,7 +70,7 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
     from .testing.mock_upstream import main as mock_main
 
     argv = ["--host", args.host, "--port", str(args.port), "--delay-ms", str(args.delay_ms)]
-    return mock_main(argv)
+    return int(mock_main(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--port", type=int, default=8090)
     mock.add_argument("--delay-ms", type=int, default=0)
     mock.set_defaults(func=cmd_mock_upstream)
+    logs = sub.add_parser("logs", help="recent calls from the request log")
+    stats = sub.add_parser("stats", help="calls, errors, latency, tokens and cost")
+    observe_cli.add_arguments(logs, stats)
+    logs.set_defaults(func=observe_cli.logs_command)
+    stats.set_defaults(func=observe_cli.stats_command)
     return parser
 
 

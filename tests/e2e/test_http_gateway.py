@@ -121,11 +121,17 @@ def test_client_bytes_forwarded_untouched_without_alias(
     gateway: Gateway, mock_upstream: MockUpstream
 ) -> None:
     raw = b'{"model":"gpt-4o-mini",  "messages":[{"role":"user","content":"hi"}], "z_extra":1.50}'
-    resp = httpx.post(gateway.base_url + "/chat/completions", content=raw,
-                      headers={"content-type": "application/json"})
+    resp = httpx.post(
+        gateway.base_url + "/chat/completions",
+        content=raw,
+        headers={"content-type": "application/json"},
+    )
     assert resp.status_code == 200
-    assert mock_upstream.last()["body"] == {"model": "gpt-4o-mini", "z_extra": 1.5,
-                                            "messages": [{"role": "user", "content": "hi"}]}
+    assert mock_upstream.last()["body"] == {
+        "model": "gpt-4o-mini",
+        "z_extra": 1.5,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
 
 
 def test_azure_url_shape_and_api_key_header(
@@ -147,23 +153,35 @@ def test_anthropic_translation_whole(client: openai.OpenAI, mock_upstream: MockU
     last = mock_upstream.last()
     assert last["path"] == "/v1/messages"
     assert last["headers"]["x-api-key"] == "ant-SECRET"
-    assert last["body"]["system"] in ("You are terse.", [{"type": "text", "text": "You are terse."}])
+    assert last["body"]["system"] in (
+        "You are terse.",
+        [{"type": "text", "text": "You are terse."}],
+    )
     assert last["body"]["max_tokens"] == 4096
     assert last["body"]["stop_sequences"] == ["END"]
     assert last["body"]["model"] == "claude-sonnet-4-5"
 
 
 def test_anthropic_tool_calls_translate(client: openai.OpenAI) -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "w",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "w",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
     whole = client.chat.completions.create(model="claude", messages=msgs, tools=tools)
     assert whole.choices[0].finish_reason == "tool_calls"
     call = whole.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     args = ""
-    for chunk in client.chat.completions.create(model="claude", messages=msgs, tools=tools,
-                                                stream=True):
+    for chunk in client.chat.completions.create(
+        model="claude", messages=msgs, tools=tools, stream=True
+    ):
         for choice in chunk.choices:
             for tc in choice.delta.tool_calls or []:
                 args += tc.function.arguments or ""
@@ -242,30 +260,36 @@ BAD_INPUTS = [
     ("truncated json", b'{"model": "gpt-4o-mini", "messages": [', "application/json", 400),
     ("not an object", b"[1, 2]", "application/json", 400),
     ("model wrong type", b'{"model": 5, "messages": []}', "application/json", 400),
-    ("messages wrong type", b'{"model": "gpt-4o-mini", "messages": "hi"}', "application/json",
-     400),
+    ("messages wrong type", b'{"model": "gpt-4o-mini", "messages": "hi"}', "application/json", 400),
     ("empty messages", b'{"model": "gpt-4o-mini", "messages": []}', "application/json", 400),
     ("invalid utf-8", b'{"model": "gpt-4o-mini\xff", "messages": []}', "application/json", 400),
     ("empty body", b"", "application/json", 400),
     ("wrong content type", b"model=x", "application/x-www-form-urlencoded", 415),
-    ("huge body", b'{"model": "gpt-4o-mini", "messages": [], "pad": "' + b"x" * 70000 + b'"}',
-     "application/json", 413),
+    (
+        "huge body",
+        b'{"model": "gpt-4o-mini", "messages": [], "pad": "' + b"x" * 70000 + b'"}',
+        "application/json",
+        413,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "ctype", "status"), BAD_INPUTS,
-                         ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("name", "body", "ctype", "status"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
 def test_bad_input_gets_its_4xx_error_object(
     gateway: Gateway, name: str, body: bytes, ctype: str, status: int
 ) -> None:
-    resp = httpx.post(gateway.base_url + "/chat/completions", content=body,
-                      headers={"content-type": ctype})
+    resp = httpx.post(
+        gateway.base_url + "/chat/completions", content=body, headers={"content-type": ctype}
+    )
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
     assert error["message"] and error["type"]
     assert "Traceback" not in resp.text
-    ok = httpx.post(gateway.base_url + "/chat/completions",
-                    json={"model": "mock-1", "messages": MESSAGES})
+    ok = httpx.post(
+        gateway.base_url + "/chat/completions", json={"model": "mock-1", "messages": MESSAGES}
+    )
     assert ok.status_code == 200
 
 

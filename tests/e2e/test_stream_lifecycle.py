@@ -28,9 +28,10 @@ def test_client_disconnect_mid_stream_closes_the_upstream_connection(
 ) -> None:
     before = mock_upstream.stats()
     body = {"model": "updrip", "messages": MESSAGES, "stream": True}
-    with httpx.Client(timeout=10) as http, http.stream(
-        "POST", gateway.base_url + "/chat/completions", json=body
-    ) as resp:
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream("POST", gateway.base_url + "/chat/completions", json=body) as resp,
+    ):
         lines = resp.iter_lines()
         first = next(line for line in lines if line.startswith("data:"))
         assert "chat.completion.chunk" in first
@@ -47,9 +48,10 @@ def test_sigterm_lets_an_inflight_stream_finish(
     gw = start_gateway(standard_config(mock_upstream), tmp_path)
     try:
         body = {"model": "updrip", "messages": MESSAGES, "stream": True}
-        with httpx.Client(timeout=15) as http, http.stream(
-            "POST", gw.base_url + "/chat/completions", json=body
-        ) as resp:
+        with (
+            httpx.Client(timeout=15) as http,
+            http.stream("POST", gw.base_url + "/chat/completions", json=body) as resp,
+        ):
             lines = resp.iter_lines()
             assert next(line for line in lines if line.startswith("data:"))
             os.kill(gw.proc.pid, signal.SIGTERM)

@@ -11,11 +11,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
-from granian.rsgi import HTTPProtocol, ProtocolClosed, ProtocolError, Scope
+from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+from granian._granian import RSGIProtocolClosed as ProtocolClosed
+from granian._granian import RSGIProtocolError as ProtocolError
+from granian.rsgi import Scope
 
 from ..calls import Call, Endpoint, decode_call
 from ..config import Config, load_config
 from ..errors import GatewayError
+from ..observe import build_observer
 from ..pipeline import Pipeline, PipelineStream
 
 log = logging.getLogger("llm_proxy.http")
@@ -57,17 +61,21 @@ class GatewayApp:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.pipeline = Pipeline(config)
+        self.observer = build_observer(config)
+        self.pipeline = Pipeline(config, self.observer)
         self.max_body = config.server.max_body_bytes
         self._models_body = self._render_models()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.observer.start())
         loop.run_until_complete(self.pipeline.start())
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.pipeline.close())
+        # Flushes every queued log record to the store (or the spool).
+        loop.run_until_complete(self.observer.close())
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -80,23 +88,29 @@ class GatewayApp:
             endpoint = _POST_ROUTES.get(path)
             if endpoint is not None:
                 if method != "POST":
-                    raise GatewayError(405, f"method {method} not allowed on {path}; use POST",
-                                       headers=[("allow", "POST")])
+                    raise GatewayError(
+                        405,
+                        f"method {method} not allowed on {path}; use POST",
+                        headers=[("allow", "POST")],
+                    )
                 await self._inference(scope, proto, endpoint, request_id)
             elif method == "GET" or method == "HEAD":
                 self._get(scope, proto, path, request_id)
             elif path in ("/v1/models", "/health", "/ready") or path.startswith("/v1/models/"):
-                raise GatewayError(405, f"method {method} not allowed on {path}; use GET",
-                                   headers=[("allow", "GET")])
+                raise GatewayError(
+                    405,
+                    f"method {method} not allowed on {path}; use GET",
+                    headers=[("allow", "GET")],
+                )
             else:
-                raise GatewayError(404, f"Unknown request URL: {method} {path}",
-                                   code="unknown_url")
+                raise GatewayError(404, f"Unknown request URL: {method} {path}", code="unknown_url")
         except GatewayError as exc:
             _error_response(proto, exc, request_id)
         except Exception:
             log.exception("unhandled error in request %s", request_id)
-            _error_response(proto, GatewayError(500, "internal gateway error",
-                                               type="api_error"), request_id)
+            _error_response(
+                proto, GatewayError(500, "internal gateway error", type="api_error"), request_id
+            )
 
     def _get(self, scope: Scope, proto: HTTPProtocol, path: str, request_id: str) -> None:
         if path == "/health":
@@ -107,12 +121,20 @@ class GatewayApp:
             body = b'{"status":"ready"}'
         elif path == "/v1/models" or path == "/models":
             body = self._models_body
+        elif path == "/metrics":
+            content_type, body = self.observer.metrics()
+            proto.response_bytes(200, [("content-type", content_type)], body)
+            return
         elif path.startswith("/v1/models/"):
-            name = path[len("/v1/models/"):]
+            name = path[len("/v1/models/") :]
             model = self.config.models.get(name)
             if model is None:
-                raise GatewayError(404, f"The model `{name}` does not exist.", param="model",
-                                   code="model_not_found")
+                raise GatewayError(
+                    404,
+                    f"The model `{name}` does not exist.",
+                    param="model",
+                    code="model_not_found",
+                )
             body = _encoder.encode(self._model_entry(name, model.provider))
         else:
             raise GatewayError(404, f"Unknown request URL: GET {path}", code="unknown_url")
@@ -145,8 +167,9 @@ class GatewayApp:
         self, scope: Scope, proto: HTTPProtocol, endpoint: Endpoint, request_id: str
     ) -> None:
         body = await self._read_body(scope, proto)
-        call = decode_call(endpoint, body, door="http", request_id=request_id,
-                           headers=scope.headers)
+        call = decode_call(
+            endpoint, body, door="http", request_id=request_id, headers=scope.headers
+        )
         if call.stream:
             await self._stream(call, proto)
             return

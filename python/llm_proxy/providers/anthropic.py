@@ -25,10 +25,15 @@ def _translated_error(resp: UpstreamResponse, provider: str) -> GatewayError:
     message = error.get("message") or f"upstream {provider} answered {resp.status}"
     headers = passed_headers(resp.headers)
     if status >= 500:
-        return GatewayError(502, f"upstream {provider} answered {resp.status}: {message}",
-                            code=f"upstream_{resp.status}", headers=headers)
-    return GatewayError(status, message, type=error.get("type"), code=error.get("code"),
-                        headers=headers, body=body)
+        return GatewayError(
+            502,
+            f"upstream {provider} answered {resp.status}: {message}",
+            code=f"upstream_{resp.status}",
+            headers=headers,
+        )
+    return GatewayError(
+        status, message, type=error.get("type"), code=error.get("code"), headers=headers, body=body
+    )
 
 
 class TranslatedStream:
@@ -112,8 +117,9 @@ class Anthropic:
                 400, f"the anthropic provider serves chat completions only, not {call.endpoint}"
             )
         try:
-            body = fmt.chat_to_messages(_decoder.decode(call.body), deployment.model,
-                                        self.config.max_tokens)
+            body = fmt.chat_to_messages(
+                _decoder.decode(call.body), deployment.model, self.config.max_tokens
+            )
         except fmt.TranslationError as exc:
             raise GatewayError(400, str(exc), param=exc.param) from None
         return _encoder.encode(body)
@@ -162,6 +168,7 @@ class Anthropic:
         if upstream.status != 200:
             data = await upstream.read()
             upstream.release()
-            raise _translated_error(UpstreamResponse(upstream.status, upstream.headers, data),
-                                    self.name)
+            raise _translated_error(
+                UpstreamResponse(upstream.status, upstream.headers, data), self.name
+            )
         return TranslatedStream(upstream, call, deployment)

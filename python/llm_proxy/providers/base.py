@@ -46,10 +46,7 @@ def upstream_error(resp: UpstreamResponse, provider: str) -> GatewayError:
     message = None
     try:
         parsed = _error_decoder.decode(resp.body)
-        if isinstance(parsed.error, str):
-            message = parsed.error
-        else:
-            message = parsed.error.message
+        message = parsed.error if isinstance(parsed.error, str) else parsed.error.message
     except msgspec.DecodeError:
         parsed = None
     if 400 <= resp.status < 500:

@@ -59,11 +59,15 @@ class MockStream:
                 else {"index": 0, "text": piece, "finish_reason": None}
             )
             yield _event({**base, "choices": [choice]})
-        last = {"index": 0, "delta": {}, "finish_reason": "stop"} if chat else {
-            "index": 0,
-            "text": "",
-            "finish_reason": "stop",
-        }
+        last = (
+            {"index": 0, "delta": {}, "finish_reason": "stop"}
+            if chat
+            else {
+                "index": 0,
+                "text": "",
+                "finish_reason": "stop",
+            }
+        )
         yield _event({**base, "choices": [last]})
         if call.include_usage:
             yield _event({**base, "choices": [], "usage": msgspec.structs.asdict(usage)})

@@ -145,7 +145,9 @@ class OpenAICompatible:
         if upstream.status != 200:
             body = await upstream.read()
             upstream.release()
-            raise upstream_error(UpstreamResponse(upstream.status, upstream.headers, body), self.name)
+            raise upstream_error(
+                UpstreamResponse(upstream.status, upstream.headers, body), self.name
+            )
         return RelayedStream(upstream, call, deployment.model)
 
 

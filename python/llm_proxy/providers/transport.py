@@ -6,7 +6,6 @@ aiohttp's client measured ~10x httpx's throughput through the same proxy on this
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -52,7 +51,7 @@ class UpstreamStream:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise GatewayError(504, "upstream went silent mid-stream (timeout)") from None
         except aiohttp.ClientError as exc:
             raise GatewayError(502, f"upstream stream broke: {type(exc).__name__}") from None
@@ -60,7 +59,7 @@ class UpstreamStream:
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, TimeoutError):
             return b""
 
     def close(self) -> None:
@@ -113,7 +112,7 @@ class UpstreamClient:
             async with session.post(url, data=body, headers=headers, timeout=timeout) as resp:
                 data = await resp.read()
                 return UpstreamResponse(resp.status, resp.headers, data)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise GatewayError(504, f"upstream timed out after {timeout_s:g} s") from None
         except aiohttp.ClientConnectorError as exc:
             raise GatewayError(502, f"upstream unreachable: {exc.os_error}") from None
@@ -130,7 +129,7 @@ class UpstreamClient:
         )
         try:
             resp = await session.post(url, data=body, headers=headers, timeout=timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise GatewayError(504, f"upstream timed out after {silence_s:g} s") from None
         except aiohttp.ClientConnectorError as exc:
             raise GatewayError(502, f"upstream unreachable: {exc.os_error}") from None

@@ -1,0 +1,48 @@
+"""A minimal Granian RSGI proxy used to compare upstream HTTP clients on equal terms.
+
+UPSTREAM (base URL) and CLIENT (aiohttp | httpx) come from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+UPSTREAM = os.environ.get("UPSTREAM", "http://127.0.0.1:8090") + "/v1/chat/completions"
+CLIENT = os.environ.get("CLIENT", "aiohttp")
+HEADERS = {"content-type": "application/json"}
+
+
+class App:
+    def __init__(self) -> None:
+        self.session: Any = None
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        async def make() -> Any:
+            if CLIENT == "httpx":
+                import httpx
+
+                return httpx.AsyncClient(
+                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+                )
+            import aiohttp
+
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+
+        self.session = loop.run_until_complete(make())
+
+    async def __call__(self, scope: Any, proto: Any) -> None:
+        body = await proto()
+        if CLIENT == "httpx":
+            resp = await self.session.post(UPSTREAM, content=body, headers=HEADERS)
+            proto.response_bytes(
+                resp.status_code, [("content-type", "application/json")], resp.content
+            )
+            return
+        async with self.session.post(UPSTREAM, data=body, headers=HEADERS) as r:
+            data = await r.read()
+            proto.response_bytes(r.status, [("content-type", "application/json")], data)
+
+
+app = App()

@@ -1,0 +1,278 @@
+"""The log record of one call, and how it is built from a finished Call (in the writer)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Literal
+
+import msgspec
+
+from .. import _core
+from ..calls import Call, Outcome
+from .prices import PriceTable
+from .redact import SecretMask, redact
+
+ContentPolicy = Literal["full", "redacted", "none"]
+
+
+class LogRecord(msgspec.Struct, kw_only=True):
+    """One call as stored. Field order is the column order of the stores."""
+
+    id: str
+    ts: float  # when the call arrived, Unix seconds
+    request_id: str
+    door: str
+    key_id: str | None = None
+    team: str | None = None
+    model: str
+    provider: str | None = None
+    provider_model: str | None = None
+    endpoint: str
+    stream: bool = False
+    status: int
+    error_type: str | None = None
+    error_message: str | None = None
+    latency_ms: float
+    upstream_ms: float
+    overhead_ms: float
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    tokens_counted: bool = False
+    cost_usd: float | None = None
+    cache_status: str = "off"
+    content: str = "none"
+    prompt: str | None = None
+    completion: str | None = None
+    tool_calls: str | None = None
+
+
+COLUMNS: tuple[str, ...] = LogRecord.__struct_fields__
+
+
+def as_row(record: LogRecord) -> tuple[object, ...]:
+    return msgspec.structs.astuple(record)
+
+
+# Record ids sort by time (cheap appends to the store's unique index) and are unique across
+# processes and hosts (a random per-process part).
+_ID_PREFIX = uuid.uuid4().hex[:10]
+_sequence = itertools.count()
+
+
+def new_id(ts: float) -> str:
+    return f"{int(ts * 1_000_000):014x}{_ID_PREFIX}{next(_sequence) & 0xFFFFFF:06x}"
+
+
+# -- reading what the upstream answered -----------------------------------------------------
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int = 0
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _Details | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    tool_calls: msgspec.Raw | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message | None = None
+    text: str | None = None
+
+
+class _Answer(msgspec.Struct):
+    choices: list[_Choice] = []
+    usage: _Usage | None = None
+
+
+_answer = msgspec.json.Decoder(_Answer)
+_any = msgspec.json.Decoder()
+
+
+def _read_answer(body: bytes | None) -> _Answer | None:
+    if not body:
+        return None
+    try:
+        return _answer.decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
+def _completion_of(answer: _Answer | None) -> tuple[str, str | None]:
+    if answer is None:
+        return "", None
+    texts: list[str] = []
+    tools: list[bytes] = []
+    for choice in answer.choices:
+        if choice.message is not None:
+            if choice.message.content:
+                texts.append(choice.message.content)
+            if choice.message.tool_calls is not None:
+                tools.append(bytes(choice.message.tool_calls))
+        elif choice.text:
+            texts.append(choice.text)
+    tool_calls = None
+    if tools:
+        tool_calls = tools[0].decode() if len(tools) == 1 else "[" + b",".join(tools).decode() + "]"
+    return "\n".join(texts), tool_calls
+
+
+# -- counting -----------------------------------------------------------------------------
+
+
+def _encoding(model: str) -> str:
+    try:
+        return str(_core.encoding_for_model(model))
+    except Exception:
+        return "cl100k_base"
+
+
+def _count_text(text: str, model: str) -> int:
+    if not text:
+        return 0
+    return int(_core.count_tokens(text, _encoding(model)))
+
+
+def _count_prompt(call: Call, model: str) -> int:
+    if call.endpoint == "chat":
+        return int(_core.count_chat_tokens(call.prompt_json, model))
+    try:
+        value = _any.decode(call.prompt_json)
+    except msgspec.DecodeError:
+        return 0
+    if isinstance(value, str):
+        return _count_text(value, model)
+    if isinstance(value, list):
+        if all(isinstance(v, int) for v in value):
+            return len(value)
+        total = 0
+        for item in value:
+            if isinstance(item, str):
+                total += _count_text(item, model)
+            elif isinstance(item, list):
+                total += len(item)
+        return total
+    return 0
+
+
+class RecordBuilder:
+    """Turns (call, outcome, timing) into a LogRecord: tokens, cost, content policy."""
+
+    def __init__(self, prices: PriceTable, content: ContentPolicy, secrets: SecretMask) -> None:
+        self.prices = prices
+        self.content: ContentPolicy = content
+        self.secrets = secrets
+
+    def build(
+        self, call: Call, outcome: Outcome, ended: float, latency_s: float, auth: object
+    ) -> LogRecord:
+        token = str(auth).split()[-1] if auth else None
+        deployment = call.deployment
+        count_model = deployment.model if deployment is not None else call.model
+        answer = _read_answer(outcome.response_body) if not call.stream else None
+        summary = outcome.summary
+
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = None
+        cached = 0
+        counted = False
+        if outcome.usage is not None:
+            prompt_tokens = outcome.usage.prompt_tokens
+            completion_tokens = outcome.usage.completion_tokens
+            if answer is not None and answer.usage and answer.usage.prompt_tokens_details:
+                cached = answer.usage.prompt_tokens_details.cached_tokens
+        elif (
+            summary is not None
+            and not summary.usage_counted
+            and (summary.prompt_tokens or summary.completion_tokens)
+        ):
+            prompt_tokens = summary.prompt_tokens
+            completion_tokens = summary.completion_tokens
+        elif outcome.status < 400 or (summary is not None and summary.text):
+            counted = True
+            try:
+                prompt_tokens = _count_prompt(call, count_model)
+                if summary is not None:
+                    completion_tokens = summary.completion_tokens or _count_text(
+                        summary.text, count_model
+                    )
+                elif call.endpoint == "embeddings":
+                    completion_tokens = 0
+                else:
+                    completion_tokens = _count_text(_completion_of(answer)[0], count_model)
+            except Exception:
+                prompt_tokens = completion_tokens = None
+                counted = False
+
+        total_tokens = None
+        cost = None
+        if prompt_tokens is not None and completion_tokens is not None:
+            total_tokens = prompt_tokens + completion_tokens
+            if call.cache_status == "hit":
+                cost = 0.0  # answered from the cache: nothing was spent upstream
+            else:
+                cost = self.prices.cost(
+                    (count_model, call.model), prompt_tokens, completion_tokens, cached
+                )
+
+        prompt_text = completion_text = tool_calls = None
+        if self.content != "none":
+            prompt_text = call.prompt_json.decode("utf-8", "replace")
+            if summary is not None:
+                completion_text = summary.text
+                tool_calls = summary.tool_calls_json if summary.tool_calls_json != "[]" else None
+            elif call.endpoint != "embeddings" and outcome.status < 400:
+                completion_text, tool_calls = _completion_of(answer)
+            prompt_text = self._clean(prompt_text, token)
+            completion_text = self._clean(completion_text, token)
+            tool_calls = self._clean(tool_calls, token)
+        error_message = self._clean(outcome.error_message, token)
+
+        upstream_ms = call.upstream_s * 1000.0
+        latency_ms = latency_s * 1000.0
+        return LogRecord(
+            id=new_id(ended),
+            ts=ended - latency_s,
+            request_id=call.request_id,
+            door=call.door,
+            key_id=call.key_id,
+            team=call.team,
+            model=call.model,
+            provider=deployment.provider if deployment is not None else None,
+            provider_model=deployment.model if deployment is not None else None,
+            endpoint=call.endpoint,
+            stream=call.stream,
+            status=outcome.status,
+            error_type=outcome.error_type,
+            error_message=error_message,
+            latency_ms=latency_ms,
+            upstream_ms=upstream_ms,
+            overhead_ms=max(0.0, latency_ms - upstream_ms),
+            ttft_ms=call.first_token_s * 1000.0 if call.first_token_s is not None else None,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=total_tokens,
+            tokens_counted=counted,
+            cost_usd=cost,
+            cache_status=call.cache_status,
+            content=self.content,
+            prompt=prompt_text,
+            completion=completion_text,
+            tool_calls=tool_calls,
+        )
+
+    def _clean(self, text: str | None, token: str | None) -> str | None:
+        if text is None:
+            return None
+        if self.content == "redacted":
+            text = redact(text)
+        return self.secrets(text, token)

@@ -1,0 +1,113 @@
+"""SQLite log store: one file in WAL mode, written in batches by the writer thread."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .store import (
+    KEEP_FROM,
+    PURGE_BELOW,
+    PURGE_OLD,
+    Row,
+    StoreError,
+    insert_sql,
+    migrations,
+)
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///rel/path` -> `rel/path`; `sqlite:////abs/path` -> `/abs/path`."""
+    path = url.removeprefix("sqlite://")
+    return path[1:] if path.startswith("/") else path
+
+
+class SqliteStore:
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self.timeout_s = timeout_s
+        self._conn: sqlite3.Connection | None = None
+        self._insert = insert_sql("sqlite")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    def connect(self) -> None:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        steps = migrations("sqlite")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        if (row[0] or 0) >= len(steps):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            for version, statements in enumerate(steps, start=1):
+                if version <= current:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def write(self, rows: Sequence[Row]) -> None:
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(self._insert, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    def purge(self, before_ts: float, max_rows: int | None) -> int:
+        try:
+            conn = self._connection()
+            deleted = conn.execute(PURGE_OLD, (before_ts,)).rowcount
+            if max_rows is not None:
+                row = conn.execute(KEEP_FROM, (max_rows - 1,)).fetchone()
+                if row is not None:
+                    deleted += conn.execute(PURGE_BELOW, (row[0],)).rowcount
+            return int(deleted)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            return list(self._connection().execute(sql, tuple(params)).fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
