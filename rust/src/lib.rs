@@ -1,11 +1,237 @@
-//! Bindings only: the logic lives in the plain-Rust modules below.
+//! The hot-path core of llm-proxy. This file only binds: the logic lives in the plain-Rust
+//! modules below, which `cargo test` exercises without an interpreter.
+
+pub mod cache_key;
+pub mod sse;
+pub mod tokens;
 
 #[cfg(feature = "python")]
-use pyo3::prelude::*;
+mod bindings {
+    use pyo3::create_exception;
+    use pyo3::exceptions::PyValueError;
+    use pyo3::prelude::*;
+    use pyo3::types::{PyBytes, PyList};
 
-#[cfg(feature = "python")]
-#[pymodule]
-fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    Ok(())
+    use crate::cache_key as keys;
+    use crate::sse::{self, Dialect};
+    use crate::tokens::{self, Encoding};
+
+    /// Inputs larger than this are processed without the GIL; smaller ones are quicker with it.
+    const RELEASE_GIL_BYTES: usize = 64 * 1024;
+
+    create_exception!(
+        llm_proxy._core,
+        SseError,
+        PyValueError,
+        "The upstream's event stream cannot be relayed (e.g. an event over max_event_bytes)."
+    );
+
+    fn value_error(err: impl std::fmt::Display) -> PyErr {
+        PyValueError::new_err(err.to_string())
+    }
+
+    fn encoding(name: &str) -> PyResult<Encoding> {
+        Encoding::from_name(name).map_err(value_error)
+    }
+
+    /// xxh3-128 (32 hex chars) of the namespace and the canonical form of a JSON request body.
+    #[pyfunction]
+    #[pyo3(signature = (body, namespace = ""))]
+    fn cache_key(py: Python<'_>, body: &[u8], namespace: &str) -> PyResult<String> {
+        if body.len() > RELEASE_GIL_BYTES {
+            py.detach(|| keys::cache_key_hex(body, namespace))
+        } else {
+            keys::cache_key_hex(body, namespace)
+        }
+        .map_err(value_error)
+    }
+
+    /// The canonical bytes `cache_key` hashes (without the namespace).
+    #[pyfunction]
+    fn canonical_json<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let canonical = if body.len() > RELEASE_GIL_BYTES {
+            py.detach(|| keys::canonical_json(body))
+        } else {
+            keys::canonical_json(body)
+        }
+        .map_err(value_error)?;
+        Ok(PyBytes::new(py, &canonical))
+    }
+
+    /// Exact token count of `text`; special-token text counts as ordinary text.
+    #[pyfunction]
+    #[pyo3(signature = (text, encoding = "o200k_base"))]
+    fn count_tokens(py: Python<'_>, text: &str, encoding: &str) -> PyResult<usize> {
+        let enc = self::encoding(encoding)?;
+        Ok(if text.len() > RELEASE_GIL_BYTES {
+            py.detach(|| enc.count(text))
+        } else {
+            enc.count(text)
+        })
+    }
+
+    /// The encoding OpenAI uses for `model` (`o200k_base` when unknown).
+    #[pyfunction]
+    fn encoding_for_model(model: &str) -> &'static str {
+        tokens::encoding_for_model(model).name()
+    }
+
+    /// Prompt tokens of a JSON `messages` array, counted the way OpenAI bills them.
+    #[pyfunction]
+    fn count_chat_tokens(py: Python<'_>, messages: &[u8], model: &str) -> PyResult<usize> {
+        let enc = tokens::encoding_for_model(model);
+        if messages.len() > RELEASE_GIL_BYTES {
+            py.detach(|| tokens::count_chat_tokens(messages, enc))
+        } else {
+            tokens::count_chat_tokens(messages, enc)
+        }
+        .map_err(value_error)
+    }
+
+    /// What a relayed stream said; see `_core.pyi`.
+    #[pyclass(frozen, module = "llm_proxy._core", skip_from_py_object)]
+    struct StreamSummary {
+        #[pyo3(get)]
+        text: String,
+        #[pyo3(get)]
+        tool_calls_json: String,
+        #[pyo3(get)]
+        finish_reason: Option<String>,
+        #[pyo3(get)]
+        prompt_tokens: u64,
+        #[pyo3(get)]
+        completion_tokens: u64,
+        #[pyo3(get)]
+        usage_counted: bool,
+        #[pyo3(get)]
+        events: u64,
+        #[pyo3(get)]
+        done: bool,
+        #[pyo3(get)]
+        error: Option<String>,
+    }
+
+    #[pymethods]
+    impl StreamSummary {
+        fn __repr__(&self) -> String {
+            let mut text: String = self.text.chars().take(40).collect();
+            if text.len() < self.text.len() {
+                text.push_str("...");
+            }
+            format!(
+                "StreamSummary(text={text:?}, tool_calls_json={:?}, finish_reason={}, \
+                 prompt_tokens={}, completion_tokens={}, usage_counted={}, events={}, done={}, \
+                 error={})",
+                self.tool_calls_json,
+                py_optional(&self.finish_reason),
+                self.prompt_tokens,
+                self.completion_tokens,
+                py_bool(self.usage_counted),
+                self.events,
+                py_bool(self.done),
+                py_optional(&self.error),
+            )
+        }
+    }
+
+    fn py_optional(value: &Option<String>) -> String {
+        value
+            .as_ref()
+            .map_or_else(|| "None".to_owned(), |v| format!("{v:?}"))
+    }
+
+    fn py_bool(b: bool) -> &'static str {
+        if b {
+            "True"
+        } else {
+            "False"
+        }
+    }
+
+    impl From<sse::Summary> for StreamSummary {
+        fn from(s: sse::Summary) -> Self {
+            Self {
+                text: s.text,
+                tool_calls_json: s.tool_calls_json,
+                finish_reason: s.finish_reason,
+                prompt_tokens: s.prompt_tokens,
+                completion_tokens: s.completion_tokens,
+                usage_counted: s.usage_counted,
+                events: s.events,
+                done: s.done,
+                error: s.error,
+            }
+        }
+    }
+
+    /// Relays an upstream SSE stream event by event and summarizes it; see `_core.pyi`.
+    #[pyclass(module = "llm_proxy._core")]
+    struct SseRelay {
+        inner: sse::SseRelay,
+    }
+
+    #[pymethods]
+    impl SseRelay {
+        #[new]
+        #[pyo3(signature = (dialect = "openai", keep_comments = false, max_event_bytes = 1_048_576, model = ""))]
+        fn new(
+            dialect: &str,
+            keep_comments: bool,
+            max_event_bytes: usize,
+            model: &str,
+        ) -> PyResult<Self> {
+            let dialect = Dialect::from_name(dialect).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "unknown SSE dialect {dialect:?}; known dialects: {}",
+                    Dialect::NAMES.join(", ")
+                ))
+            })?;
+            if max_event_bytes == 0 {
+                return Err(PyValueError::new_err("max_event_bytes must be positive"));
+            }
+            let encoding = tokens::encoding_for_model(model);
+            Ok(Self {
+                inner: sse::SseRelay::new(dialect, keep_comments, max_event_bytes, encoding),
+            })
+        }
+
+        /// The complete events in `chunk` (with what came before), as the upstream sent them.
+        fn feed<'py>(&mut self, py: Python<'py>, chunk: &[u8]) -> PyResult<Bound<'py, PyList>> {
+            let mut events: Vec<Bound<'py, PyBytes>> = Vec::new();
+            self.inner
+                .feed(chunk, |event| events.push(PyBytes::new(py, event)))
+                .map_err(|e| SseError::new_err(e.to_string()))?;
+            PyList::new(py, events)
+        }
+
+        /// The first content problem seen so far, or None (lets a caller stop relaying early).
+        #[getter]
+        fn error(&self) -> Option<String> {
+            self.inner.error().map(str::to_owned)
+        }
+
+        /// Ends the stream and returns its summary (the same one on every call).
+        fn finish(&mut self, py: Python<'_>) -> StreamSummary {
+            let inner = &mut self.inner;
+            if inner.text_len() > RELEASE_GIL_BYTES {
+                py.detach(|| inner.finish()).into()
+            } else {
+                inner.finish().into()
+            }
+        }
+    }
+
+    #[pymodule]
+    fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("SseError", m.py().get_type::<SseError>())?;
+        m.add_function(wrap_pyfunction!(cache_key, m)?)?;
+        m.add_function(wrap_pyfunction!(canonical_json, m)?)?;
+        m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
+        m.add_function(wrap_pyfunction!(encoding_for_model, m)?)?;
+        m.add_function(wrap_pyfunction!(count_chat_tokens, m)?)?;
+        m.add_class::<SseRelay>()?;
+        m.add_class::<StreamSummary>()?;
+        Ok(())
+    }
 }

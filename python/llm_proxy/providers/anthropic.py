@@ -57,6 +57,8 @@ class TranslatedStream:
                     events = relay.feed(chunk)
                 except _core.SseError as exc:
                     raise GatewayError(502, f"upstream sent a bad stream: {exc}") from None
+                if relay.error is not None:
+                    raise GatewayError(502, f"upstream sent a bad stream: {relay.error}")
                 for event in events:
                     data = fmt.data_of(event)
                     if data is None:

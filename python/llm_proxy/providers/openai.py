@@ -48,6 +48,8 @@ class RelayedStream:
                     events = relay.feed(chunk)
                 except _core.SseError as exc:
                     raise GatewayError(502, f"upstream sent a bad stream: {exc}") from None
+                if relay.error is not None:
+                    raise GatewayError(502, f"upstream sent a bad stream: {relay.error}")
                 for event in events:
                     yield event
                 waited = time.perf_counter()

@@ -1,0 +1,128 @@
+"""The Rust hot-path core (rust/src): cache keys, token counting and the SSE stream relay."""
+
+from typing import Final, Literal, final
+
+__version__: Final[str]
+
+def cache_key(body: bytes, namespace: str = "") -> str:
+    """xxh3-128 (32 lowercase hex chars) of `namespace` and the canonical form of a JSON body.
+
+    Key order, whitespace, number spelling (`1`, `1.0`, `1e0`) and string escapes do not
+    matter; the top-level fields `stream`, `stream_options`, `user`, `metadata` and any
+    `x_llm_proxy*` key are left out. Array order and every other value count. The namespace is
+    length-prefixed, so two namespaces never share a key.
+
+    Raises ValueError ("invalid JSON at byte N: ...") when `body` is not JSON, or when it is
+    not a JSON object.
+    """
+
+def canonical_json(body: bytes) -> bytes:
+    """The canonical bytes `cache_key` hashes (without the namespace).
+
+    Objects have sorted keys (a repeated key keeps its last value) and no whitespace; strings
+    are escaped like `json.dumps(ensure_ascii=False)`; numbers are spelt by exact decimal value:
+    integral values of up to 40 digits as integers, values with up to 40 decimals as `i.f`,
+    others as `<digits>e<exp>`. Raises ValueError like `cache_key`.
+    """
+
+def count_tokens(text: str, encoding: str = "o200k_base") -> int:
+    """Exact token count of `text` in `encoding` ("o200k_base" or "cl100k_base"), offline.
+
+    Special-token text such as `<|endoftext|>` counts as ordinary text. Raises ValueError
+    listing the known encodings when `encoding` is unknown.
+    """
+
+def encoding_for_model(model: str) -> Literal["o200k_base", "cl100k_base"]:
+    """The encoding OpenAI uses for `model`; provider prefixes ("openai/"), "ft:" names and
+    Azure spellings ("gpt-35-turbo") are understood; unknown models get "o200k_base"."""
+
+def count_chat_tokens(messages: bytes, model: str) -> int:
+    """Prompt tokens of a JSON `messages` array, as OpenAI bills them.
+
+    3 per message, the tokens of every string field (+1 per `name`), 3 to prime the reply.
+    A list `content` counts the `text` of its `type: "text"` parts; `tool_calls` and
+    `function_call` count the function name and arguments. Raises ValueError (with the byte
+    offset for invalid JSON) when `messages` is not a JSON array of objects.
+    """
+
+class SseError(ValueError):
+    """The upstream's event stream cannot be relayed: an event over `max_event_bytes`, or
+    `feed()` after `finish()`."""
+
+@final
+class StreamSummary:
+    """What a relayed stream said (frozen)."""
+
+    @property
+    def text(self) -> str:
+        """The assistant text (choice 0 for OpenAI; text blocks for Anthropic)."""
+    @property
+    def tool_calls_json(self) -> str:
+        """`[{"id", "type": "function", "function": {"name", "arguments"}}]`; "[]" when none."""
+    @property
+    def finish_reason(self) -> str | None:
+        """OpenAI terms; Anthropic's end_turn/stop_sequence -> "stop", max_tokens -> "length",
+        tool_use -> "tool_calls", refusal -> "content_filter"."""
+    @property
+    def prompt_tokens(self) -> int:
+        """Upstream's count (Anthropic: input + cache creation + cache read tokens); 0 when
+        `usage_counted`, since the relay never sees the prompt."""
+    @property
+    def completion_tokens(self) -> int:
+        """Upstream's count, or the tokenizer's count of text + tool arguments when
+        `usage_counted`."""
+    @property
+    def usage_counted(self) -> bool:
+        """True when the upstream sent no usage and the counts come from the tokenizer for the
+        relay's `model`."""
+    @property
+    def events(self) -> int:
+        """Number of events that carried data (including `[DONE]` and pings)."""
+    @property
+    def done(self) -> bool:
+        """`data: [DONE]` (OpenAI) or `message_stop` (Anthropic) was seen."""
+    @property
+    def error(self) -> str | None:
+        """The first problem seen, or None: an upstream error event, invalid JSON or UTF-8 in
+        a data line, an oversize event, or the stream ending mid-event."""
+
+@final
+class SseRelay:
+    """Relays an upstream Server-Sent Events stream event by event and summarizes it.
+
+    Events are returned as the exact upstream bytes (LF, CRLF or CR line endings, terminating
+    blank line included), however the stream is split. An event whose final CR is the last
+    byte seen so far is held until the next byte shows whether an LF follows, unless the
+    stream has already used bare CR line endings.
+
+    Content problems (invalid JSON or UTF-8 in a data line, an upstream error event) never
+    raise: the events are still returned and the problem lands in `StreamSummary.error`.
+    """
+
+    def __init__(
+        self,
+        dialect: Literal["openai", "anthropic"] = "openai",
+        keep_comments: bool = False,
+        max_event_bytes: int = 1048576,
+        model: str = "",
+    ) -> None:
+        """`model` picks the tokenizer used when the upstream sends no usage.
+
+        Raises ValueError for an unknown dialect or a non-positive `max_event_bytes`.
+        """
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events completed by `chunk`, in order, as the upstream sent them.
+
+        Events made only of comment lines (keep-alives) are returned only with
+        `keep_comments=True`. Raises SseError when an event grows past `max_event_bytes`: that
+        event is dropped up to its closing blank line and recorded in the summary's `error`;
+        events completed earlier in the same chunk are lost with the exception; bytes after the
+        oversize event are read by the next call, so the relay stays usable. Raises SseError
+        after `finish()`.
+        """
+    @property
+    def error(self) -> str | None:
+        """The first content problem seen so far (what the summary's `error` will say)."""
+    def finish(self) -> StreamSummary:
+        """Ends the stream and returns its summary; later calls return the same summary.
+        Bytes of an event that never got its closing blank line are reported in `error`."""
