@@ -74,6 +74,10 @@ class TcpDoor:
     def shut(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave that
+            # accept able to take one more connection after the door is "shut".
+            with suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
