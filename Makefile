@@ -20,6 +20,7 @@ serve: $(STAMP)
 	$(VENV)/bin/llm-proxy serve $(ARGS)
 
 test: $(STAMP)
+	$(PY) scripts/gen_grpc.py --check
 	cargo test --quiet
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -27,16 +28,16 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check python tests benchmarks
-	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks scripts
+	$(VENV)/bin/ruff check python tests benchmarks scripts
 	$(VENV)/bin/mypy
 	cargo fmt --check
 	cargo clippy --all-targets --features python -- -D warnings
 	cargo clippy --all-targets -- -D warnings
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff format python tests benchmarks
-	$(VENV)/bin/ruff check --fix python tests benchmarks
+	$(VENV)/bin/ruff format python tests benchmarks scripts
+	$(VENV)/bin/ruff check --fix python tests benchmarks scripts
 	cargo fmt
 
 clean:

@@ -36,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.grpc_port is not None:
         os.environ["LLM_PROXY_GRPC_PORT"] = str(args.grpc_port)
     host = args.host or config.server.host
+    os.environ["LLM_PROXY_HOST"] = host
     port = config.server.port if args.port is None else args.port
     workers = args.workers or config.server.workers
     grace = max(1, round(config.server.shutdown_grace_s))

@@ -81,7 +81,20 @@ class CacheConfig(_Section):
     endpoints: list[Literal["chat", "completions", "embeddings"]] = msgspec.field(
         default_factory=lambda: ["chat", "completions", "embeddings"]
     )
-    timeout_s: float = 0.05
+    # A backend call slower than this counts as a failure; the request goes on as a miss.
+    timeout_s: float = 0.25
+    # After a backend failure, skip it for this long instead of waiting on every request.
+    retry_after_s: float = 1.0
+    # Backend failures are logged at most once per this interval (and always counted).
+    log_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.ttl_s <= 0:
+            raise ValueError("cache.ttl_s must be positive")
+        if self.max_bytes <= 0:
+            raise ValueError("cache.max_bytes must be positive")
+        if self.timeout_s <= 0:
+            raise ValueError("cache.timeout_s must be positive")
 
 
 class Price(_Section):
@@ -101,6 +114,26 @@ class LoggingConfig(_Section):
     flush_interval_s: float = 0.25
     spool_path: str = "./llm-proxy.spool"
     prices: dict[str, Price] = {}
+    # A store call slower than this fails; the batch goes to the spool and is retried.
+    store_timeout_s: float = 2.0
+    # While the store is down, try it again this often (records wait in the spool meanwhile).
+    retry_interval_s: float = 1.0
+    # How often retention (retention_days, max_rows) is enforced; also done at startup.
+    purge_interval_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1 or self.batch_size < 1:
+            raise ValueError("logging.queue_size and logging.batch_size must be positive")
+        if self.flush_interval_s <= 0 or self.store_timeout_s <= 0:
+            raise ValueError(
+                "logging.flush_interval_s and logging.store_timeout_s must be positive"
+            )
+        if self.retention_days <= 0:
+            raise ValueError("logging.retention_days must be positive")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError("logging.max_rows must be positive")
+        if not self.store.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("logging.store must be sqlite:///PATH or postgresql://...")
 
 
 class TelemetryConfig(_Section):

@@ -8,7 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol
@@ -19,6 +19,9 @@ from granian.rsgi import Scope
 from ..calls import Call, Endpoint, decode_call
 from ..config import Config, load_config
 from ..errors import GatewayError
+
+if TYPE_CHECKING:
+    from ..grpc import GrpcServer
 from ..observe import build_observer
 from ..pipeline import Pipeline, PipelineStream
 
@@ -61,6 +64,7 @@ class GatewayApp:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.grpc: GrpcServer | None = None
         self.observer = build_observer(config)
         self.pipeline = Pipeline(config, self.observer)
         self.max_body = config.server.max_body_bytes
@@ -71,8 +75,19 @@ class GatewayApp:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.observer.start())
         loop.run_until_complete(self.pipeline.start())
+        port = self.config.server.grpc_port
+        if port:
+            # Imported and built here, inside the worker's loop: grpc.aio objects belong to
+            # the loop that made them and must never exist before Granian forks.
+            from ..grpc import start_grpc
+
+            self.grpc = loop.run_until_complete(start_grpc(self.pipeline, self.config, port))
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.grpc is not None:
+            # Granian kills the worker at shutdown_grace_s; leave a margin to close the rest.
+            grace = max(0.5, self.config.server.shutdown_grace_s - 1.0)
+            loop.run_until_complete(self.grpc.stop(grace))
         loop.run_until_complete(self.pipeline.close())
         # Flushes every queued log record to the store (or the spool).
         loop.run_until_complete(self.observer.close())
@@ -223,5 +238,18 @@ class GatewayApp:
 
 
 def create_app() -> GatewayApp:
-    """Granian factory: loads the config named by LLM_PROXY_CONFIG (or the default one)."""
-    return GatewayApp(load_config(os.environ.get("LLM_PROXY_CONFIG") or None))
+    """Granian factory: loads the config named by LLM_PROXY_CONFIG (or the default one).
+
+    `llm-proxy serve` passes its --host / --grpc-port overrides as LLM_PROXY_HOST and
+    LLM_PROXY_GRPC_PORT.
+    """
+    config = load_config(os.environ.get("LLM_PROXY_CONFIG") or None)
+    server = config.server
+    host = os.environ.get("LLM_PROXY_HOST") or server.host
+    grpc_port = os.environ.get("LLM_PROXY_GRPC_PORT")
+    port = server.grpc_port if grpc_port in (None, "") else int(grpc_port)
+    if host != server.host or port != server.grpc_port:
+        config = msgspec.structs.replace(
+            config, server=msgspec.structs.replace(server, host=host, grpc_port=port)
+        )
+    return GatewayApp(config)

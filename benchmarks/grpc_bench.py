@@ -1,0 +1,348 @@
+"""Added latency and throughput of the gRPC front door in front of the mock upstream.
+
+The gateway runs pinned to one core; the mock upstream and the load generator (a grpc.aio
+client in its own process) share the other. Added latency is the gateway's p50 minus calling
+the mock directly over HTTP (keep-alive aiohttp) in the same run, one call at a time.
+
+    python benchmarks/grpc_bench.py [--seconds 5] [--calls 2000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import (
+    GATEWAY_CPU,
+    OTHER_CPUS,
+    bench_config,
+    free_port,
+    mock_upstream,
+    pin,
+    stop,
+    wait_http,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "python"))
+
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Summarise the plot of Hamlet in two sentences."},
+]
+MAX_TOKENS = 64
+
+
+# -- the load generator (runs in its own pinned process) -----------------------------------
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the gateway's processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    return {"p50": _pct(samples, 0.5), "p90": _pct(samples, 0.9), "p99": _pct(samples, 0.99)}
+
+
+async def _direct_latency(upstream: str, calls: int, stream: bool) -> dict[str, float]:
+    import aiohttp
+
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    raw = json.dumps(body).encode()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-b"}
+    connector = aiohttp.TCPConnector(limit=1)
+    samples = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for i in range(calls + 50):
+            started = time.perf_counter()
+            async with session.post(
+                upstream + "/v1/chat/completions", data=raw, headers=headers
+            ) as r:
+                data = await r.read()
+                assert r.status == 200 and (not stream or b"[DONE]" in data)
+            if i >= 50:
+                samples.append((time.perf_counter() - started) * 1000)
+    return _summary(samples)
+
+
+def _requests(pb: Any) -> tuple[Any, Any]:
+    messages = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES]
+    unary = pb.ChatCompletionRequest(model="gpt-4o-mini", messages=messages, max_tokens=MAX_TOKENS)
+    stream = pb.StreamChatCompletionRequest(
+        model="gpt-4o-mini", messages=messages, max_tokens=MAX_TOKENS
+    )
+    return unary, stream
+
+
+async def _grpc_latency(target: str, calls: int, kind: str) -> dict[str, float]:
+    import grpc
+    from llm_proxy.grpc.gen import gateway_pb2 as pb
+    from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
+
+    unary_req, stream_req = _requests(pb)
+    samples, overhead = [], []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.GatewayStub(channel)
+        for i in range(calls + 50):
+            started = time.perf_counter()
+            if kind == "stream":
+                call = stub.StreamChatCompletion(stream_req)
+                n = 0
+                async for _ in call:
+                    n += 1
+                assert n > 1
+            elif kind == "unary":
+                call = stub.ChatCompletion(unary_req)
+                await call
+            else:
+                call = stub.ListModels(pb.ListModelsRequest())
+                await call
+            elapsed = (time.perf_counter() - started) * 1000
+            if i >= 50:
+                samples.append(elapsed)
+                md = dict(await call.initial_metadata())
+                if "x-llm-proxy-overhead-ms" in md:
+                    overhead.append(float(md["x-llm-proxy-overhead-ms"]))
+    out = _summary(samples)
+    out["server_overhead_p50"] = _pct(overhead, 0.5) if overhead else 0.0
+    return out
+
+
+async def _grpc_load(
+    target: str, concurrency: int, seconds: float, kind: str, pids: list[int]
+) -> dict[str, float]:
+    import grpc
+    from llm_proxy.grpc.gen import gateway_pb2 as pb
+    from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
+
+    unary_req, stream_req = _requests(pb)
+    models_req = pb.ListModelsRequest()
+    samples: list[float] = []
+    errors = 0
+    chunks = 0
+    # Several HTTP/2 connections, as a fleet of client replicas would open.
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, concurrency // 16))
+    ]
+    stubs = [pb_grpc.GatewayStub(ch) for ch in channels]
+    warm_until = time.perf_counter() + 0.5
+    stop_at = warm_until + seconds
+
+    async def worker(stub: Any) -> None:
+        nonlocal errors, chunks
+        while True:
+            started = time.perf_counter()
+            if started >= stop_at:
+                return
+            try:
+                n = 0
+                if kind == "stream":
+                    async for _ in stub.StreamChatCompletion(stream_req):
+                        n += 1
+                elif kind == "unary":
+                    await stub.ChatCompletion(unary_req)
+                else:
+                    await stub.ListModels(models_req)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            if started >= warm_until:
+                samples.append((time.perf_counter() - started) * 1000)
+                chunks += n
+
+    async def meter() -> float:
+        await asyncio.sleep(warm_until - time.perf_counter())
+        before = _cpu_seconds(pids)
+        await asyncio.sleep(stop_at - time.perf_counter())
+        return _cpu_seconds(pids) - before
+
+    *_, cpu = await asyncio.gather(
+        *(worker(stubs[i % len(stubs)]) for i in range(concurrency)), meter()
+    )
+    for ch in channels:
+        await ch.close()
+    out = _summary(samples)
+    out["rps"] = len(samples) / seconds
+    out["messages_per_s"] = chunks / seconds
+    out["errors"] = errors
+    out["cpu_us_per_call"] = cpu / max(1, len(samples)) * 1e6
+    out["gateway_cpu_busy"] = cpu / seconds
+    return out
+
+
+async def _client(plan: dict[str, Any]) -> dict[str, Any]:
+    target, upstream = plan["target"], plan["upstream"]
+    calls, seconds = plan["calls"], plan["seconds"]
+    results: dict[str, Any] = {}
+    for kind in plan["kinds"]:
+        if kind != "models":  # ListModels: the gRPC floor, no upstream to compare with
+            results[f"{kind}_direct"] = await _direct_latency(upstream, calls, kind == "stream")
+        results[f"{kind}_grpc"] = await _grpc_latency(target, calls, kind)
+        for concurrency in (16, 64):
+            results[f"{kind}_load_{concurrency}"] = await _grpc_load(
+                target, concurrency, seconds, kind, plan["pids"]
+            )
+    return results
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+
+def _family(pid: int) -> list[int]:
+    """A process and all its descendants (Granian's workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            todo.extend(int(c) for c in task.read_text().split())
+    return out
+
+
+@contextmanager
+def gateway(config: dict[str, Any], grpc_port: int) -> Iterator[list[int]]:
+    """`llm-proxy serve` pinned to the gateway core; yields the PIDs of its processes."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cmd = [
+            *pin([GATEWAY_CPU]),
+            sys.executable,
+            "-m",
+            "llm_proxy.cli",
+            "serve",
+            "--config",
+            str(path),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ready")
+            yield _family(proc.pid)
+        finally:
+            stop(proc)
+
+
+def run(seconds: float, calls: int, kinds: list[str]) -> dict[str, Any]:
+    grpc_port = free_port()
+    with mock_upstream() as upstream, gateway(bench_config(upstream), grpc_port) as pids:
+        plan = {
+            "pids": pids,
+            "target": f"127.0.0.1:{grpc_port}",
+            "upstream": upstream,
+            "calls": calls,
+            "seconds": seconds,
+            "kinds": kinds,
+        }
+        done = subprocess.run(
+            [*pin(OTHER_CPUS), sys.executable, __file__, "--client", json.dumps(plan)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"load generator failed:\n{done.stderr}")
+        return dict(json.loads(done.stdout))
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [
+        "| | p50 ms | p90 ms | p99 ms | added p50 ms | server overhead p50 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    kinds = [k for k in ("unary", "stream", "models") if f"{k}_grpc" in r]
+    for kind in kinds:
+        g = r[f"{kind}_grpc"]
+        if kind == "models":
+            lines.append(
+                f"| ListModels (no upstream): via gateway (gRPC) | {g['p50']:.3f} | "
+                f"{g['p90']:.3f} | {g['p99']:.3f} | | |"
+            )
+            continue
+        d = r[f"{kind}_direct"]
+        lines.append(
+            f"| {kind}: mock direct (HTTP) | {d['p50']:.3f} | {d['p90']:.3f} | {d['p99']:.3f} | | |"
+        )
+        lines.append(
+            f"| {kind}: via gateway (gRPC) | {g['p50']:.3f} | {g['p90']:.3f} | {g['p99']:.3f} | "
+            f"{g['p50'] - d['p50']:.3f} | {g['server_overhead_p50']:.3f} |"
+        )
+    lines += [
+        "",
+        "| load | concurrent calls | calls/s | messages/s | p50 ms | p99 ms | errors "
+        "| gateway CPU busy | gateway CPU µs/call |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in kinds:
+        for c in (16, 64):
+            x = r[f"{kind}_load_{c}"]
+            lines.append(
+                f"| {kind} | {c} | {x['rps']:,.0f} | {x['messages_per_s']:,.0f} | "
+                f"{x['p50']:.2f} | {x['p99']:.2f} | {x['errors']} | "
+                f"{x['gateway_cpu_busy']:.0%} | {x['cpu_us_per_call']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument(
+        "--kinds", default="unary,stream,models", help="any of unary, stream, models"
+    )
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        print(json.dumps(asyncio.run(_client(json.loads(args.client)))))
+        return 0
+    results = run(args.seconds, args.calls, args.kinds.split(","))
+    print(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if "unary_grpc" not in results:
+        return 0
+    unary = results["unary_grpc"]["p50"] - results["unary_direct"]["p50"]
+    best = max(results["unary_load_16"]["rps"], results["unary_load_64"]["rps"])
+    print(
+        f"\ntargets: unary >= 3,000 calls/s: {'met' if best >= 3000 else 'MISSED'} ({best:,.0f}); "
+        f"p50 added <= 0.6 ms: {'met' if unary <= 0.6 else 'MISSED'} ({unary:.3f} ms)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
