@@ -166,7 +166,7 @@ def wrk(
                 "-c",
                 str(connections),
                 "-d",
-                f"{seconds}s",
+                f"{max(1, round(seconds))}s",  # wrk takes whole seconds only
                 "--latency",
                 "-s",
                 str(script),
