@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 
-from .. import _core
-from ..calls import Call, Deployment, Reply, StreamSummary, Usage
+from ..calls import Call, Deployment, Reply, Usage
 from ..config import AnthropicProvider
 from ..errors import GatewayError
 from . import anthropic_format as fmt
+from .base import upstream_timeout
+from .relay import RelayedStream
 from .transport import UpstreamClient, UpstreamResponse, UpstreamStream, passed_headers
 
 _decoder = msgspec.json.Decoder(dict[str, Any])
@@ -36,56 +36,23 @@ def _translated_error(resp: UpstreamResponse, provider: str) -> GatewayError:
     )
 
 
-class TranslatedStream:
+class TranslatedStream(RelayedStream):
     """Anthropic stream events, parsed by the Rust relay and re-shaped into OpenAI chunks."""
 
     def __init__(self, upstream: UpstreamStream, call: Call, deployment: Deployment) -> None:
-        self._upstream = upstream
-        self._call = call
-        self._relay = _core.SseRelay("anthropic", model=deployment.model)
+        super().__init__(upstream, call, "anthropic", deployment.model)
         self._translator = fmt.StreamTranslator(call.model, int(time.time()), call.include_usage)
-        self._summary: StreamSummary | None = None
-        self.headers = passed_headers(upstream.headers)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        call, relay, translator = self._call, self._relay, self._translator
-        waited = time.perf_counter()
+    def translate(self, event: bytes) -> list[bytes]:
+        data = fmt.data_of(event)
+        if data is None:
+            return []
         try:
-            async for chunk in self._upstream.chunks():
-                call.upstream_s += time.perf_counter() - waited
-                try:
-                    events = relay.feed(chunk)
-                except _core.SseError as exc:
-                    raise GatewayError(502, f"upstream sent a bad stream: {exc}") from None
-                if relay.error is not None:
-                    raise GatewayError(502, f"upstream sent a bad stream: {relay.error}")
-                for event in events:
-                    data = fmt.data_of(event)
-                    if data is None:
-                        continue
-                    try:
-                        out = translator.event(data)
-                    except fmt.UpstreamStreamError as exc:
-                        raise GatewayError(502, f"upstream stream error: {exc}") from None
-                    except (msgspec.DecodeError, ValueError):
-                        raise GatewayError(502, "upstream sent a bad stream event") from None
-                    for item in out:
-                        yield item
-                waited = time.perf_counter()
-        finally:
-            self._summary = relay.finish()
-            self._upstream.close()
-        summary = self._summary
-        if summary.error is not None:
-            raise GatewayError(502, f"upstream sent a bad stream: {summary.error}")
-        if not summary.done:
-            raise GatewayError(502, "upstream closed the stream before it finished")
-
-    def summary(self) -> StreamSummary | None:
-        return self._summary
-
-    async def aclose(self) -> None:
-        self._upstream.close()
+            return self._translator.event(data)
+        except fmt.UpstreamStreamError as exc:
+            raise GatewayError(502, f"upstream stream error: {exc}") from None
+        except (msgspec.DecodeError, ValueError):
+            raise GatewayError(502, "upstream sent a bad stream event") from None
 
 
 class Anthropic:
@@ -126,15 +93,9 @@ class Anthropic:
             raise GatewayError(400, str(exc), param=exc.param) from None
         return _encoder.encode(body)
 
-    def _timeout(self, call: Call) -> float:
-        timeout = call.remaining_s(self.config.timeout_s)
-        if timeout <= 0:
-            raise GatewayError(504, "deadline exceeded before the upstream was called")
-        return timeout
-
     async def complete(self, call: Call, deployment: Deployment) -> Reply:
         body = self._request(call, deployment)
-        timeout = self._timeout(call)
+        timeout = upstream_timeout(call, self.config.timeout_s)
         started = time.perf_counter()
         try:
             resp = await self.client.post(self.url, self.headers, body, timeout)
@@ -161,7 +122,7 @@ class Anthropic:
 
     async def stream(self, call: Call, deployment: Deployment) -> TranslatedStream:
         body = self._request(call, deployment)
-        timeout = self._timeout(call)
+        timeout = upstream_timeout(call, self.config.timeout_s)
         started = time.perf_counter()
         try:
             upstream = await self.client.post_stream(self.url, self.headers, body, timeout)

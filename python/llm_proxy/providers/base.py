@@ -36,6 +36,14 @@ class _OpenAIError(msgspec.Struct):
 _error_decoder = msgspec.json.Decoder(_OpenAIError)
 
 
+def upstream_timeout(call: Call, limit: float) -> float:
+    """The time the upstream may take: the provider's limit, bounded by the client's deadline."""
+    timeout = call.remaining_s(limit)
+    if timeout <= 0:
+        raise GatewayError(504, "deadline exceeded before the upstream was called")
+    return timeout
+
+
 def upstream_error(resp: UpstreamResponse, provider: str) -> GatewayError:
     """Turn an upstream's non-200 answer into the client's error.
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import msgspec
 
-from .. import _core
-from ..calls import Call, Deployment, Reply, ResponseHead, StreamSummary
+from ..calls import Call, Deployment, Reply, ResponseHead
 from ..config import AzureProvider, OpenAIProvider
 from ..errors import GatewayError
-from .base import upstream_error
-from .transport import UpstreamClient, UpstreamResponse, UpstreamStream, passed_headers
+from .base import upstream_error, upstream_timeout
+from .relay import RelayedStream
+from .transport import UpstreamClient, UpstreamResponse, passed_headers
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 _head_decoder = msgspec.json.Decoder(ResponseHead)
@@ -25,49 +24,6 @@ def with_model(body: bytes, model: str) -> bytes:
     data = _dict_decoder.decode(body)
     data["model"] = model
     return _encoder.encode(data)
-
-
-class RelayedStream:
-    """An upstream's OpenAI SSE stream, forwarded event by event through the Rust relay."""
-
-    def __init__(self, upstream: UpstreamStream, call: Call, model: str) -> None:
-        self._upstream = upstream
-        self._call = call
-        self._relay = _core.SseRelay("openai", model=model)
-        self._summary: StreamSummary | None = None
-        self.headers = passed_headers(upstream.headers)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        call = self._call
-        relay = self._relay
-        waited = time.perf_counter()
-        try:
-            async for chunk in self._upstream.chunks():
-                call.upstream_s += time.perf_counter() - waited
-                try:
-                    events = relay.feed(chunk)
-                except _core.SseError as exc:
-                    raise GatewayError(502, f"upstream sent a bad stream: {exc}") from None
-                if relay.error is not None:
-                    raise GatewayError(502, f"upstream sent a bad stream: {relay.error}")
-                for event in events:
-                    yield event
-                waited = time.perf_counter()
-            call.upstream_s += time.perf_counter() - waited
-        finally:
-            self._summary = relay.finish()
-            self._upstream.close()
-        summary = self._summary
-        if summary.error is not None:
-            raise GatewayError(502, f"upstream sent a bad stream: {summary.error}")
-        if not summary.done:
-            raise GatewayError(502, "upstream closed the stream before it finished")
-
-    def summary(self) -> StreamSummary | None:
-        return self._summary
-
-    async def aclose(self) -> None:
-        self._upstream.close()
 
 
 class OpenAICompatible:
@@ -109,14 +65,8 @@ class OpenAICompatible:
     async def close(self) -> None:
         await self.client.close()
 
-    def _timeout(self, call: Call) -> float:
-        timeout = call.remaining_s(self.config.timeout_s)
-        if timeout <= 0:
-            raise GatewayError(504, "deadline exceeded before the upstream was called")
-        return timeout
-
     async def complete(self, call: Call, deployment: Deployment) -> Reply:
-        timeout = self._timeout(call)
+        timeout = upstream_timeout(call, self.config.timeout_s)
         started = time.perf_counter()
         try:
             resp = await self.client.post(
@@ -133,7 +83,7 @@ class OpenAICompatible:
         return Reply(resp.body, 200, passed_headers(resp.headers), head.usage)
 
     async def stream(self, call: Call, deployment: Deployment) -> RelayedStream:
-        timeout = self._timeout(call)
+        timeout = upstream_timeout(call, self.config.timeout_s)
         started = time.perf_counter()
         try:
             upstream = await self.client.post_stream(
@@ -150,7 +100,7 @@ class OpenAICompatible:
             raise upstream_error(
                 UpstreamResponse(upstream.status, upstream.headers, body), self.name
             )
-        return RelayedStream(upstream, call, deployment.model)
+        return RelayedStream(upstream, call, "openai", deployment.model)
 
 
 class Azure(OpenAICompatible):
