@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,7 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -146,14 +147,21 @@ def wrk(
     connections: int,
     seconds: float,
     headers: dict[str, str] | None = None,
+    method: str = "POST",
+    timeout_s: int = 0,
 ) -> LoadResult:
-    """POST `body` to `url` with wrk (pinned off the gateway's core) and parse its report."""
+    """POST `body` to `url` with wrk (pinned off the gateway's core) and parse its report.
+
+    `method="GET"` sends no body; `timeout_s` raises wrk's per-request timeout (default 2 s).
+    """
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed for the load benchmarks: apt-get install wrk")
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         hdrs = {"content-type": "application/json", **(headers or {})}
-        lines = ['wrk.method = "POST"', f"wrk.body = [[{body.decode()}]]"]
+        lines = [f'wrk.method = "{method}"']
+        if method != "GET":
+            lines.append(f"wrk.body = [[{body.decode()}]]")
         lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in hdrs.items()]
         script.write_text("\n".join(lines) + "\n")
         threads = 1 if connections < 4 else len(OTHER_CPUS)
@@ -168,6 +176,7 @@ def wrk(
                 "-d",
                 f"{max(1, round(seconds))}s",  # wrk takes whole seconds only
                 "--latency",
+                *(["--timeout", f"{timeout_s}s"] if timeout_s else []),
                 "-s",
                 str(script),
                 url,
@@ -185,7 +194,9 @@ def wrk(
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(int(x) for x in m.groups())
-    return LoadResult(rps, _ms(pct["50"]), _ms(pct["90"]), _ms(pct["99"]), errors)
+    m = re.search(r"(\d+) requests in", out)
+    total = int(m.group(1)) if m else 0
+    return LoadResult(rps, _ms(pct["50"]), _ms(pct["90"]), _ms(pct["99"]), errors, total)
 
 
 def median_run(runs: list[LoadResult]) -> tuple[LoadResult, float]:
@@ -194,3 +205,102 @@ def median_run(runs: list[LoadResult]) -> tuple[LoadResult, float]:
     mid = ordered[len(ordered) // 2]
     spread = (ordered[-1].rps - ordered[0].rps) / mid.rps if mid.rps else 0.0
     return mid, spread
+
+
+def process_family(pid: int) -> list[int]:
+    """A process and all its descendants (Granian's workers), by PID."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                continue
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (utime + stime from /proc/<pid>/stat) the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Resident memory (VmRSS) of the processes, summed."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        if m:
+            total += int(m.group(1)) * 1024
+    return total
+
+
+@dataclass
+class Served:
+    """A server started for a benchmark: its base URL and the PIDs of its process tree."""
+
+    url: str
+    proc: subprocess.Popen[Any]
+    pids: list[int]
+
+
+@contextmanager
+def served(
+    cmd: list[str],
+    ready_url: str,
+    url: str,
+    *,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    log: Path | None = None,
+) -> Iterator[Served]:
+    """Start `cmd`, wait for `ready_url`, yield it; stop it and every child it made, by PID."""
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    pids = [proc.pid]
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode} before it was ready")
+            try:
+                if httpx.get(ready_url, timeout=1).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ready_url} did not come up in {timeout:.0f} s")
+            time.sleep(0.1)
+        pids = process_family(proc.pid)
+        yield Served(url, proc, pids)
+    finally:
+        if proc.poll() is None:
+            pids = sorted(set(pids) | set(process_family(proc.pid)))
+        started = {pid: _start_time(pid) for pid in pids if pid != proc.pid}
+        stop(proc)
+        for pid, when in started.items():  # children the server did not reap on its own
+            if when is not None and _start_time(pid) == when:  # the same process, not a reused PID
+                with suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        if log:
+            out.close()  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import capacity
 from .config import Config, ConfigError, load_config
 from .observe import cli as observe_cli
 
@@ -102,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     observe_cli.add_arguments(logs, stats)
     logs.set_defaults(func=observe_cli.logs_command)
     stats.set_defaults(func=observe_cli.stats_command)
+
+    cap = sub.add_parser("capacity", help="cores (workers) needed for a load, from a bench result")
+    capacity.add_arguments(cap)
+    cap.set_defaults(func=capacity.capacity_command)
     return parser
 
 
