@@ -1,6 +1,7 @@
 """A minimal Granian RSGI proxy used to compare upstream HTTP clients on equal terms.
 
-UPSTREAM (base URL) and CLIENT (aiohttp | httpx) come from the environment.
+UPSTREAM (base URL) and CLIENT (aiohttp | httpx | llm-proxy, the gateway's own transport) come
+from the environment.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ class App:
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         async def make() -> Any:
+            if CLIENT == "llm-proxy":
+                from llm_proxy.providers.transport import UpstreamClient
+
+                client = UpstreamClient(max_connections=1000, connect_timeout_s=5)
+                await client.start()
+                return client
             if CLIENT == "httpx":
                 import httpx
 
@@ -34,6 +41,10 @@ class App:
 
     async def __call__(self, scope: Any, proto: Any) -> None:
         body = await proto()
+        if CLIENT == "llm-proxy":
+            answer = await self.session.post(UPSTREAM, HEADERS, body, 60.0)
+            proto.response_bytes(answer.status, [("content-type", "application/json")], answer.body)
+            return
         if CLIENT == "httpx":
             resp = await self.session.post(UPSTREAM, content=body, headers=HEADERS)
             proto.response_bytes(

@@ -1,4 +1,4 @@
-"""httpx vs aiohttp as the upstream client, through the same minimal Granian proxy on one core.
+"""httpx vs aiohttp vs our own transport as the upstream client, through one minimal proxy.
 
 python benchmarks/upstream_clients.py [--seconds 5]
 """
@@ -52,7 +52,7 @@ def main() -> None:
     with mock_upstream() as up:
         direct = wrk(up + "/v1/chat/completions", BODY, connections=1, seconds=args.seconds)
         print("| client | p50 added at 1 client (ms) | req/s at 64 clients |\n|---|---|---|")
-        for client in ("httpx", "aiohttp"):
+        for client in ("httpx", "aiohttp", "llm-proxy"):
             r = measure(client, up, args.seconds)
             print(f"| {client} | {r['p50_1_ms'] - direct.p50_ms:.3f} | {r['rps_64']:.0f} |")
 
