@@ -1,0 +1,259 @@
+"""The upstream HTTP/1.1 client against a real socket server that answers scripted bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from llm_proxy.errors import GatewayError
+from llm_proxy.providers.transport import UpstreamClient
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-test"}
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+def run(handler: Handler, body: Callable[[UpstreamClient, str], Awaitable[Any]], **kw: Any) -> Any:
+    async def main() -> Any:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = UpstreamClient(max_connections=kw.get("max_connections", 10), connect_timeout_s=2)
+        await client.start()
+        try:
+            return await body(client, f"http://127.0.0.1:{port}/v1/chat/completions")
+        finally:
+            await client.close()
+            server.close()
+
+    return asyncio.run(main())
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def answer(raw: bytes, *, keep_open: bool = True, requests: int = 1) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for _ in range(requests):
+                await read_request(reader)
+                writer.write(raw)
+                await writer.drain()
+            if keep_open:
+                await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return handler
+
+
+def test_request_carries_headers_length_and_body() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async def body(client: UpstreamClient, url: str) -> Any:
+        return await client.post(url + "?api-version=1", HEADERS, b'{"a":1}', 5)
+
+    resp = run(handler, body)
+    assert resp.status == 200 and resp.body == b"{}"
+    request = seen[0]
+    assert request.startswith(b"POST /v1/chat/completions?api-version=1 HTTP/1.1\r\n")
+    assert b"\r\nauthorization: Bearer sk-test\r\n" in request
+    assert b"\r\ncontent-length: 7\r\n" in request
+    assert request.endswith(b'\r\n\r\n{"a":1}')
+
+
+def test_chunked_answer_is_joined_and_headers_are_lowercase() -> None:
+    raw = (
+        b"HTTP/1.1 429 Too Many Requests\r\nTransfer-Encoding: chunked\r\n"
+        b"Retry-After: 3\r\nX-RateLimit-Remaining: 0\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    resp = run(answer(raw), lambda c, u: c.post(u, HEADERS, b"{}", 5))
+    assert (resp.status, resp.body) == (429, b"hello world")
+    assert resp.headers["retry-after"] == "3"
+    assert resp.headers["x-ratelimit-remaining"] == "0"
+
+
+def test_gzip_answer_is_decompressed() -> None:
+    packed = gzip.compress(b'{"ok":true}')
+    raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed)
+    resp = run(answer(raw + packed), lambda c, u: c.post(u, HEADERS, b"{}", 5))
+    assert resp.body == b'{"ok":true}'
+
+
+def test_body_delimited_by_connection_close() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"
+    resp = run(answer(raw, keep_open=False), lambda c, u: c.post(u, HEADERS, b"{}", 5))
+    assert resp.body == b"all of it"
+
+
+def test_connection_is_kept_alive_and_reused() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def body(client: UpstreamClient, url: str) -> list[bytes]:
+        return [(await client.post(url, HEADERS, b"{}", 5)).body for _ in range(5)]
+
+    assert run(handler, body) == [b"ok"] * 5
+    assert connections == 1
+
+
+def test_stale_kept_alive_connection_is_retried_on_a_new_one() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        # Claims keep-alive, then drops the connection as soon as the answer is sent.
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def body(client: UpstreamClient, url: str) -> list[bytes]:
+        first = await client.post(url, HEADERS, b"{}", 5)
+        second = await client.post(url, HEADERS, b"{}", 5)
+        return [first.body, second.body]
+
+    assert run(handler, body) == [b"ok", b"ok"]
+    assert connections == 2
+
+
+def test_unreachable_upstream_is_502() -> None:
+    async def body(client: UpstreamClient, url: str) -> Any:
+        return await client.post("http://127.0.0.1:1/v1/x", HEADERS, b"{}", 5)
+
+    with pytest.raises(GatewayError) as info:
+        run(answer(b""), body)
+    assert info.value.status == 502 and "unreachable" in info.value.message
+
+
+def test_silent_upstream_is_504_after_the_timeout() -> None:
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    with pytest.raises(GatewayError) as info:
+        run(hang, lambda c, u: c.post(u, HEADERS, b"{}", 0.2))
+    assert info.value.status == 504 and "timed out after 0.2 s" in info.value.message
+
+
+def test_garbage_answer_is_502() -> None:
+    with pytest.raises(GatewayError) as info:
+        run(answer(b"NOT HTTP AT ALL\r\n\r\n"), lambda c, u: c.post(u, HEADERS, b"{}", 5))
+    assert info.value.status == 502
+
+
+def test_stream_delivers_what_arrived_before_the_connection_broke() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunk(b"data: one\n\n")
+        + chunk(b"data: two\n\n")
+    )
+
+    async def body(client: UpstreamClient, url: str) -> tuple[list[bytes], Any]:
+        stream = await client.post_stream(url, HEADERS, b"{}", 5)
+        got: list[bytes] = []
+        try:
+            async for chunk in stream.chunks():
+                got.append(chunk)
+        except GatewayError as exc:
+            return got, exc
+        return got, None
+
+    got, error = run(answer(raw, keep_open=False), body)
+    assert b"".join(got) == b"data: one\n\ndata: two\n\n"
+    assert error is not None and error.status == 502
+
+
+def test_stream_reads_until_the_end_and_goes_back_to_the_pool() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(b"data: one\n\n")
+    raw += b"0\r\n\r\n"
+
+    async def body(client: UpstreamClient, url: str) -> list[bytes]:
+        out = []
+        for _ in range(2):
+            stream = await client.post_stream(url, HEADERS, b"{}", 5)
+            out.append(b"".join([c async for c in stream.chunks()]))
+            stream.close()
+            stream.close()  # closing twice must not put the connection in the pool twice
+        return out
+
+    assert run(answer(raw, requests=2), body) == [b"data: one\n\n"] * 2
+
+
+def test_pool_limit_queues_requests_instead_of_failing() -> None:
+    open_now = peak = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        try:
+            while True:
+                await read_request(reader)
+                await asyncio.sleep(0.01)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+        finally:
+            open_now -= 1
+
+    async def body(client: UpstreamClient, url: str) -> list[Any]:
+        return await asyncio.gather(*(client.post(url, HEADERS, b"{}", 5) for _ in range(6)))
+
+    answers = run(handler, body, max_connections=2)
+    assert [a.body for a in answers] == [b"ok"] * 6
+    assert peak == 2
+
+
+def test_cancelled_request_closes_its_connection() -> None:
+    async def body(client: UpstreamClient, url: str) -> bool:
+        gone = asyncio.get_running_loop().create_future()
+
+        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            await reader.read()  # returns at EOF: the client closed the connection
+            gone.set_result(True)
+
+        server = await asyncio.start_server(hang, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        task = asyncio.create_task(client.post(f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}", 5))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        result = await asyncio.wait_for(gone, 2)
+        server.close()
+        return bool(result)
+
+    assert run(answer(b""), body) is True
