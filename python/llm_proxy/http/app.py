@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
-from ..calls import Call, Endpoint, decode_call
+from ..calls import Call, Endpoint, decode_call, new_request_id
 from ..config import Config, load_config
 from ..errors import GatewayError
 
@@ -97,7 +96,7 @@ class GatewayApp:
     async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         if scope.proto != "http":
             return
-        request_id = scope.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = scope.headers.get("x-request-id") or new_request_id()
         path, method = scope.path, scope.method
         try:
             endpoint = _POST_ROUTES.get(path)

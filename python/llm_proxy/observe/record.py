@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import uuid
 from typing import Literal
 
 import msgspec
 
-from .. import _core
+from .. import _core, calls
 from ..calls import Call, Outcome
 from .prices import PriceTable
 from .redact import SecretMask, redact
@@ -58,12 +57,12 @@ def as_row(record: LogRecord) -> tuple[object, ...]:
 
 # Record ids sort by time (cheap appends to the store's unique index) and are unique across
 # processes and hosts (a random per-process part).
-_ID_PREFIX = uuid.uuid4().hex[:10]
 _sequence = itertools.count()
 
 
 def new_id(ts: float) -> str:
-    return f"{int(ts * 1_000_000):014x}{_ID_PREFIX}{next(_sequence) & 0xFFFFFF:06x}"
+    prefix = calls.PROCESS_PREFIX[:10]
+    return f"{int(ts * 1_000_000):014x}{prefix}{next(_sequence) & 0xFFFFFF:06x}"
 
 
 # -- reading what the upstream answered -----------------------------------------------------
