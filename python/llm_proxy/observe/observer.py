@@ -44,6 +44,11 @@ class CallRecorder:
         builder = RecordBuilder(PriceTable(settings.prices), content, SecretMask(_secrets(config)))
         store = open_store(settings.store, settings.store_timeout_s) if settings.enabled else None
         spool = Spool(settings.spool_path) if settings.enabled else None
+        self.builder = builder
+        self.logging = settings.enabled
+        # Finished calls not yet recorded: built on the loop right after the response is sent.
+        self._finished: list[tuple[Call, Outcome, float, float, object]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.writer = RecordWriter(
             builder,
             self.prometheus,
@@ -63,10 +68,13 @@ class CallRecorder:
         """Start the writer thread (call inside the worker, on its loop)."""
         if not self._started:
             self._started = True
+            self._loop = asyncio.get_running_loop()
             self.writer.start()
 
     async def close(self) -> None:
         """Record everything still queued, then stop; the store gets it or the spool does."""
+        self._record()
+        self._loop = None
         if self._started:
             self._started = False
             await asyncio.to_thread(self.writer.stop)
@@ -74,19 +82,54 @@ class CallRecorder:
 
     def close_sync(self) -> None:
         """`close` for callers without a running loop."""
+        self._record()
+        self._loop = None
         if self._started:
             self._started = False
             self.writer.stop()
             self.prometheus.process_exited()
 
     def finished(self, call: Call, outcome: Outcome) -> None:
-        """Queue the call for recording; never blocks, never raises."""
+        """Note the call for recording once its response is on its way; never raises."""
         try:
-            now = time.perf_counter()
+            latency_s = time.perf_counter() - call.started
             auth = call.headers.get("authorization")
-            self.writer.submit((call, outcome, time.time(), now - call.started, auth))
+            pending = self._finished
+            pending.append((call, outcome, time.time(), latency_s, auth))
+            if len(pending) == 1:
+                if self._loop is not None:
+                    # Runs after the current task step, which sends the response.
+                    self._loop.call_soon(self._record)
+                else:
+                    self._record()
         except Exception:
             log.exception("could not queue the log record of %s", call.request_id)
+
+    def _record(self) -> None:
+        """Build the records of the calls finished since the last turn, count them, queue them.
+
+        Figures (tokens, cost, timings) and metrics are done here, on the loop, in one batch:
+        doing them on the writer thread made the loop wait for the GIL (tail latency). The
+        content policy and the store write stay on the thread.
+        """
+        pending, self._finished = self._finished, []
+        if not pending:
+            return
+        records = []
+        writer = self.writer if self.logging else None
+        for call, outcome, ended, latency_s, auth in pending:
+            try:
+                record = self.builder.build(call, outcome, ended, latency_s, auth)
+            except Exception:
+                log.exception("could not build the log record of %s", call.request_id)
+                continue
+            records.append(record)
+            if writer is not None:
+                writer.submit((record, call, outcome, auth))
+        try:
+            self.prometheus.observe_batch(records)
+        except Exception:
+            log.exception("could not count %d call(s) in the metrics", len(records))
 
     def metrics(self) -> tuple[str, bytes]:
         """(content type, Prometheus text exposition) for GET /metrics."""

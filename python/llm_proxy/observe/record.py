@@ -93,7 +93,12 @@ class _Answer(msgspec.Struct):
     usage: _Usage | None = None
 
 
+class _UsageOnly(msgspec.Struct):
+    usage: _Usage | None = None
+
+
 _answer = msgspec.json.Decoder(_Answer)
+_usage_only = msgspec.json.Decoder(_UsageOnly)
 _any = msgspec.json.Decoder()
 
 
@@ -102,6 +107,15 @@ def _read_answer(body: bytes | None) -> _Answer | None:
         return None
     try:
         return _answer.decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
+def _read_usage(body: bytes | None) -> _Usage | None:
+    if not body:
+        return None
+    try:
+        return _usage_only.decode(body).usage
     except msgspec.DecodeError:
         return None
 
@@ -163,6 +177,11 @@ def _count_prompt(call: Call, model: str) -> int:
     return 0
 
 
+def _token(auth: object) -> str | None:
+    """The caller's key from its Authorization value (masked wherever it appears)."""
+    return str(auth).split()[-1] if auth else None
+
+
 class RecordBuilder:
     """Turns (call, outcome, timing) into a LogRecord: tokens, cost, content policy."""
 
@@ -174,11 +193,12 @@ class RecordBuilder:
     def build(
         self, call: Call, outcome: Outcome, ended: float, latency_s: float, auth: object
     ) -> LogRecord:
-        token = str(auth).split()[-1] if auth else None
+        """The record without its content (prompt, completion): see `add_content`."""
+        token = _token(auth)
         deployment = call.deployment
         count_model = deployment.model if deployment is not None else call.model
-        answer = _read_answer(outcome.response_body) if not call.stream else None
         summary = outcome.summary
+        answer: _Answer | None = None
 
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
@@ -187,8 +207,9 @@ class RecordBuilder:
         if outcome.usage is not None:
             prompt_tokens = outcome.usage.prompt_tokens
             completion_tokens = outcome.usage.completion_tokens
-            if answer is not None and answer.usage and answer.usage.prompt_tokens_details:
-                cached = answer.usage.prompt_tokens_details.cached_tokens
+            usage = _read_usage(outcome.response_body) if not call.stream else None
+            if usage is not None and usage.prompt_tokens_details is not None:
+                cached = usage.prompt_tokens_details.cached_tokens
         elif (
             summary is not None
             and not summary.usage_counted
@@ -207,6 +228,7 @@ class RecordBuilder:
                 elif call.endpoint == "embeddings":
                     completion_tokens = 0
                 else:
+                    answer = _read_answer(outcome.response_body)
                     completion_tokens = _count_text(_completion_of(answer)[0], count_model)
             except Exception:
                 prompt_tokens = completion_tokens = None
@@ -223,17 +245,6 @@ class RecordBuilder:
                     (count_model, call.model), prompt_tokens, completion_tokens, cached
                 )
 
-        prompt_text = completion_text = tool_calls = None
-        if self.content != "none":
-            prompt_text = call.prompt_json.decode("utf-8", "replace")
-            if summary is not None:
-                completion_text = summary.text
-                tool_calls = summary.tool_calls_json if summary.tool_calls_json != "[]" else None
-            elif call.endpoint != "embeddings" and outcome.status < 400:
-                completion_text, tool_calls = _completion_of(answer)
-            prompt_text = self._clean(prompt_text, token)
-            completion_text = self._clean(completion_text, token)
-            tool_calls = self._clean(tool_calls, token)
         error_message = self._clean(outcome.error_message, token)
 
         upstream_ms = call.upstream_s * 1000.0
@@ -264,10 +275,24 @@ class RecordBuilder:
             cost_usd=cost,
             cache_status=call.cache_status,
             content=self.content,
-            prompt=prompt_text,
-            completion=completion_text,
-            tool_calls=tool_calls,
         )
+
+    def add_content(self, record: LogRecord, call: Call, outcome: Outcome, auth: object) -> None:
+        """Fill the prompt and completion as the content policy says (the costly part)."""
+        if self.content == "none":
+            return
+        token = _token(auth)
+        summary = outcome.summary
+        completion_text = tool_calls = None
+        if summary is not None:
+            completion_text = summary.text
+            tool_calls = summary.tool_calls_json if summary.tool_calls_json != "[]" else None
+        elif call.endpoint != "embeddings" and outcome.status < 400:
+            answer = _read_answer(outcome.response_body) if not call.stream else None
+            completion_text, tool_calls = _completion_of(answer)
+        record.prompt = self._clean(call.prompt_json.decode("utf-8", "replace"), token)
+        record.completion = self._clean(completion_text, token)
+        record.tool_calls = self._clean(tool_calls, token)
 
     def _clean(self, text: str | None, token: str | None) -> str | None:
         if text is None:

@@ -1,8 +1,10 @@
-"""The recorder thread: builds records from finished calls, feeds metrics, writes the store.
+"""The recorder thread: gives records their content and writes them to the store.
 
-The event loop only appends a small tuple to a deque. This thread does the rest in batches:
-token counting, content policy, metrics, and the store write. When the store is slow or down,
-batches go to the local spool and are replayed once it answers again.
+The event loop builds each record's figures (tokens, cost, timings) and feeds the metrics
+after the response is sent (see observer.py), then appends it to this thread's deque. The
+thread does the rest in batches: the content policy (prompt and completion, redacted or not)
+and the store write. When the store is slow or down, batches go to the local spool and are
+replayed once it answers again.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from .store import LogStore, StoreError, retention_cutoff
 
 log = logging.getLogger("llm_proxy.observe")
 
-# (call, outcome, wall-clock end, latency in seconds, the caller's Authorization value)
-Finished = tuple[Call, Outcome, float, float, Any]
+# Records given their content between two hand-backs of the GIL to the event loop: holding
+# it for a whole batch makes the loop wait out the interpreter's 5 ms switch interval.
+_SLICE = 8
+
+# (the record without its content, the call, its outcome, the caller's Authorization value)
+Pending = tuple[LogRecord, Call, Outcome, Any]
 
 
 class RecordWriter:
@@ -47,7 +53,7 @@ class RecordWriter:
         self.metrics = metrics
         self.store = store
         self.spool = spool
-        self.queue: collections.deque[Finished] = collections.deque()
+        self.queue: collections.deque[Pending] = collections.deque()
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
@@ -69,7 +75,7 @@ class RecordWriter:
 
     # -- the event loop's side --------------------------------------------------------------
 
-    def submit(self, item: Finished) -> None:
+    def submit(self, item: Pending) -> None:
         queue = self.queue
         if len(queue) >= self.queue_size:
             self.dropped += 1
@@ -111,21 +117,18 @@ class RecordWriter:
 
     def _drain(self) -> None:
         queue = self.queue
+        builder = self.builder
         while queue:
             batch: list[LogRecord] = []
-            built = 0
             while queue and len(batch) < self.batch_size:
-                call, outcome, ended, latency_s, auth = queue.popleft()
+                record, call, outcome, auth = queue.popleft()
                 try:
-                    record = self.builder.build(call, outcome, ended, latency_s, auth)
+                    builder.add_content(record, call, outcome, auth)
                 except Exception:
-                    log.exception("could not build the log record of %s", call.request_id)
-                    continue
+                    log.exception("could not add the content to the log of %s", call.request_id)
                 batch.append(record)
-                built += 1
-                if built % 16 == 0:
-                    time.sleep(0)  # hand the GIL back to the event loop now and then
-            self.metrics.observe_batch(batch)
+                if len(batch) % _SLICE == 0:
+                    time.sleep(0)  # hand the GIL back to the event loop
             self.metrics.queue_depth.set(len(queue))
             if self.store is not None and batch:
                 self._persist(batch)
