@@ -207,17 +207,30 @@ class GatewayApp:
             *stream.headers,
         ]
         transport = proto.response_stream(200, headers)
-        pump = asyncio.ensure_future(self._pump(stream, transport))
+        # The pump runs in this task; the client leaving cancels it, which closes the upstream.
+        task = asyncio.current_task()
+        assert task is not None
         gone = asyncio.ensure_future(proto.client_disconnect())
+        left = pumping = False
+
+        def client_left(_: object) -> None:
+            nonlocal left
+            if pumping and not gone.cancelled():
+                left = True
+                task.cancel()
+
+        gone.add_done_callback(client_left)
+        pumping = True
         try:
-            await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+            await self._pump(stream, transport)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()
+            await stream.aclose()
         finally:
-            if not pump.done():
-                # The client left: cancelling the pump closes the upstream connection.
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-                await stream.aclose()
+            pumping = False
+            gone.remove_done_callback(client_left)
             gone.cancel()
 
     async def _pump(self, stream: PipelineStream, transport: Any) -> None:
