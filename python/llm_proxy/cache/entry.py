@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import msgspec
@@ -111,6 +112,15 @@ def event_payload(event: bytes) -> bytes | None:
     return payload
 
 
+_EVENT_END = re.compile(rb"(?<=\n\n)|(?<=\r\n\r\n)|(?<=\r\r)")
+
+
+def split_events(blob: bytes) -> list[bytes]:
+    """The SSE events in `blob` (a stream relays the events of one upstream read together)."""
+    parts = _EVENT_END.split(blob)
+    return [p for p in parts if p] if len(parts) > 1 else [blob]
+
+
 def stream_entry(
     events: list[bytes], summary: StreamSummary, created: float, prompt_tokens: int
 ) -> CacheEntry | None:
@@ -120,7 +130,7 @@ def stream_entry(
     parts: list[str] = []
     whole_ok = True
     first: _Chunk | None = None
-    for event in events:
+    for event in (e for blob in events for e in split_events(blob)):
         payload = event_payload(event)
         if payload is None:
             if event.startswith(b"data:"):
