@@ -149,10 +149,14 @@ def wrk(
     headers: dict[str, str] | None = None,
     method: str = "POST",
     timeout_s: int = 0,
+    pipeline: int = 1,
 ) -> LoadResult:
     """POST `body` to `url` with wrk (pinned off the gateway's core) and parse its report.
 
-    `method="GET"` sends no body; `timeout_s` raises wrk's per-request timeout (default 2 s).
+    `method="GET"` sends no body; `timeout_s` raises wrk's per-request timeout (default 2 s);
+    `pipeline=N` sends N requests back to back on each connection (HTTP/1.1 pipelining), which
+    shows what the generator can drive when the server is not the limit (latencies are then
+    per batch, not per request).
     """
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed for the load benchmarks: apt-get install wrk")
@@ -163,6 +167,15 @@ def wrk(
         if method != "GET":
             lines.append(f"wrk.body = [[{body.decode()}]]")
         lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in hdrs.items()]
+        if pipeline > 1:
+            lines += [
+                "init = function(args)",
+                "  local batch = {}",
+                f"  for i = 1, {pipeline} do batch[i] = wrk.format() end",
+                "  pipelined = table.concat(batch)",
+                "end",
+                "request = function() return pipelined end",
+            ]
         script.write_text("\n".join(lines) + "\n")
         threads = 1 if connections < 4 else len(OTHER_CPUS)
         out = subprocess.run(

@@ -34,6 +34,9 @@ class _Connection(asyncio.Protocol):
         self._continued = False
         self._closed = False
         self._writable: asyncio.Future[None] | None = None
+        # The last plain request on this connection, its parsed form and its answer's bytes:
+        # a load generator repeats one request, and the same bytes get the same answer.
+        self._repeat: tuple[bytes, Request, bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -70,6 +73,13 @@ class _Connection(asyncio.Protocol):
         transport, state = self._transport, self._state
         assert transport is not None
         while not self._closed:
+            repeat = self._repeat
+            if repeat is not None and self._buf.startswith(repeat[0]):
+                del self._buf[: len(repeat[0])]
+                state.stats.requests += 1
+                state.last = repeat[1]
+                transport.write(repeat[2])
+                continue
             try:
                 req, used = parse_request(self._buf)
             except BadRequest as exc:
@@ -84,19 +94,25 @@ class _Connection(asyncio.Protocol):
                     transport.write(CONTINUE)
                 return
             self._continued = False
-            del self._buf[:used]
             if req.path.startswith("/_mock/"):
+                del self._buf[:used]
                 self._send_whole(state.control_endpoint(req), req.keep_alive)
                 continue
             state.stats.requests += 1
             state.last = req
             ctl = state.controls(req.headers)
             if ctl.hang or ctl.delay_ms > 0:
+                del self._buf[:used]
                 self._task = asyncio.ensure_future(self._serve_later(req, ctl))
                 return
+            raw = bytes(self._buf[:used])
+            del self._buf[:used]
             reply = state.route(req, ctl)
             if isinstance(reply, Whole):
                 self._send_whole(reply, req.keep_alive)
+                plain = not any(k.startswith("x-mock-") for k in req.headers)
+                if req.keep_alive and reply.status == 200 and plain:
+                    self._repeat = (raw, req, whole(reply.status, reply.body, reply.headers))
             elif ctl.chunk_delay_ms > 0 or ctl.disconnect_after is not None:
                 self._task = asyncio.ensure_future(self._stream(reply, ctl, req.keep_alive))
                 return
