@@ -4,7 +4,11 @@ The gateway runs pinned to one core; the mock upstream and the load generator (a
 client in its own process) share the other. Added latency is the gateway's p50 minus calling
 the mock directly over HTTP (keep-alive aiohttp) in the same run, one call at a time.
 
-    python benchmarks/grpc_bench.py [--seconds 5] [--calls 2000] [--json FILE]
+    python benchmarks/grpc_bench.py [--seconds 5] [--calls 2000] [--json FILE] [--ceiling]
+
+`--ceiling` also drives `grpc_ceiling.py` (grpc.aio on uvloop answering a fixed reply with the
+gateway's initial metadata, on the same core) with the same load generator, in the same run:
+the most any grpc.aio front door can do here, before any work of ours.
 """
 
 from __future__ import annotations
@@ -255,26 +259,53 @@ def gateway(config: dict[str, Any], grpc_port: int) -> Iterator[list[int]]:
             stop(proc)
 
 
-def run(seconds: float, calls: int, kinds: list[str]) -> dict[str, Any]:
+@contextmanager
+def ceiling(grpc_port: int) -> Iterator[list[int]]:
+    """`grpc_ceiling.py` (fixed reply, with initial metadata) pinned to the gateway core."""
+    cmd = [
+        *pin([GATEWAY_CPU]),
+        sys.executable,
+        str(Path(__file__).with_name("grpc_ceiling.py")),
+        "--port",
+        str(grpc_port),
+        "--metadata",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("grpc_ceiling.py did not start")
+        yield [proc.pid]
+    finally:
+        stop(proc)
+
+
+def _drive(plan: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [*pin(OTHER_CPUS), sys.executable, __file__, "--client", json.dumps(plan)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"load generator failed:\n{done.stderr}")
+    return dict(json.loads(done.stdout))
+
+
+def run(seconds: float, calls: int, kinds: list[str], with_ceiling: bool = False) -> dict[str, Any]:
     grpc_port = free_port()
-    with mock_upstream() as upstream, gateway(bench_config(upstream), grpc_port) as pids:
-        plan = {
-            "pids": pids,
-            "target": f"127.0.0.1:{grpc_port}",
-            "upstream": upstream,
-            "calls": calls,
-            "seconds": seconds,
-            "kinds": kinds,
-        }
-        done = subprocess.run(
-            [*pin(OTHER_CPUS), sys.executable, __file__, "--client", json.dumps(plan)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise SystemExit(f"load generator failed:\n{done.stderr}")
-        return dict(json.loads(done.stdout))
+    plan: dict[str, Any] = {"calls": calls, "seconds": seconds, "kinds": kinds}
+    with mock_upstream() as upstream:
+        plan["upstream"] = upstream
+        with gateway(bench_config(upstream), grpc_port) as pids:
+            results = _drive({**plan, "pids": pids, "target": f"127.0.0.1:{grpc_port}"})
+        if with_ceiling:
+            with ceiling(grpc_port) as pids:
+                target = f"127.0.0.1:{grpc_port}"
+                ceiling_plan = {**plan, "pids": pids, "target": target, "kinds": ["unary"]}
+                for key, value in _drive(ceiling_plan).items():
+                    results[f"ceiling_{key}"] = value
+    return results
 
 
 def report(r: dict[str, Any]) -> str:
@@ -299,17 +330,26 @@ def report(r: dict[str, Any]) -> str:
             f"| {kind}: via gateway (gRPC) | {g['p50']:.3f} | {g['p90']:.3f} | {g['p99']:.3f} | "
             f"{g['p50'] - d['p50']:.3f} | {g['server_overhead_p50']:.3f} |"
         )
+    if "ceiling_unary_grpc" in r:
+        g, d = r["ceiling_unary_grpc"], r["ceiling_unary_direct"]
+        lines.append(
+            f"| unary: ceiling (grpc.aio, fixed reply, no upstream) | {g['p50']:.3f} | "
+            f"{g['p90']:.3f} | {g['p99']:.3f} | {g['p50'] - d['p50']:.3f} | |"
+        )
     lines += [
         "",
         "| load | concurrent calls | calls/s | messages/s | p50 ms | p99 ms | errors "
         "| gateway CPU busy | gateway CPU µs/call |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind in kinds:
+    rows = [(kind, kind) for kind in kinds]
+    if "ceiling_unary_load_16" in r:
+        rows.append(("ceiling (fixed reply)", "ceiling_unary"))
+    for label, kind in rows:
         for c in (16, 64):
             x = r[f"{kind}_load_{c}"]
             lines.append(
-                f"| {kind} | {c} | {x['rps']:,.0f} | {x['messages_per_s']:,.0f} | "
+                f"| {label} | {c} | {x['rps']:,.0f} | {x['messages_per_s']:,.0f} | "
                 f"{x['p50']:.2f} | {x['p99']:.2f} | {x['errors']} | "
                 f"{x['gateway_cpu_busy']:.0%} | {x['cpu_us_per_call']:.0f} |"
             )
@@ -324,12 +364,15 @@ def main() -> int:
     parser.add_argument(
         "--kinds", default="unary,stream,models", help="any of unary, stream, models"
     )
+    parser.add_argument(
+        "--ceiling", action="store_true", help="also measure grpc_ceiling.py in the same run"
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         print(json.dumps(asyncio.run(_client(json.loads(args.client)))))
         return 0
-    results = run(args.seconds, args.calls, args.kinds.split(","))
+    results = run(args.seconds, args.calls, args.kinds.split(","), args.ceiling)
     print(report(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

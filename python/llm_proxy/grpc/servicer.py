@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..calls import Call, Endpoint, decode_call
+from ..calls import Call, Endpoint, decode_call, new_request_id
 from ..config import Config
 from ..errors import GatewayError
 from ..pipeline import Pipeline
@@ -30,12 +29,12 @@ def _headers(context: Context) -> dict[str, str]:
 
 
 def _reply_metadata(call: Call, extra: list[tuple[str, str]]) -> status.Metadata:
-    return (
+    head = (
         ("x-request-id", call.request_id),
         ("x-llm-proxy-cache", call.cache_status),
         ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-        *status.passable(extra),
     )
+    return (*head, *status.passable(extra)) if extra else head
 
 
 async def _abort(context: Context, exc: GatewayError, request_id: str) -> None:
@@ -91,7 +90,7 @@ class GatewayServicer:
         render: Callable[[bytes, Call], _R],
     ) -> _R | None:
         headers = _headers(context)
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = headers.get("x-request-id") or new_request_id()
         try:
             call = self._call(endpoint, request, build, context, headers, request_id)
             reply = await self.pipeline.complete(call)
@@ -132,7 +131,7 @@ class GatewayServicer:
         self, request: pb.StreamChatCompletionRequest, context: Context
     ) -> None:
         headers = _headers(context)
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = headers.get("x-request-id") or new_request_id()
         try:
             call = self._call("chat", request, _chat_stream, context, headers, request_id)
             stream = await self.pipeline.stream(call)
