@@ -7,7 +7,6 @@ worker sums the values of all of them.
 
 from __future__ import annotations
 
-import collections
 import os
 from typing import Any
 
@@ -32,7 +31,9 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        # Labelled children, looked up once: `labels()` costs more than the increment.
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self._counters: dict[tuple[Any, ...], Any] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "llm_proxy_requests",
@@ -124,15 +125,15 @@ class GatewayMetrics:
 
     def observe_batch(self, records: list[LogRecord]) -> None:
         """Count a batch of records: counters once per label set, histograms per record."""
-        counts: collections.Counter[tuple[Any, ...]] = collections.Counter()
+        counts: dict[tuple[Any, ...], float] = {}
         children = self._children
         for rec in records:
             model, provider, door = rec.model, rec.provider or "", rec.door
-            counts[("requests", model, provider, str(rec.status), door, rec.cache_status)] += 1
-            key = (model, provider, door)
-            hist = children.get(key)
+            key: tuple[Any, ...] = ("requests", model, provider, rec.status, door, rec.cache_status)
+            counts[key] = counts.get(key, 0) + 1
+            hist = children.get((model, provider, door))
             if hist is None:
-                hist = children[key] = (
+                hist = children[(model, provider, door)] = (
                     self.latency.labels(model, provider, door),
                     self.overhead.labels(model, door),
                     self.upstream.labels(model, provider),
@@ -145,27 +146,39 @@ class GatewayMetrics:
             if rec.ttft_ms is not None:
                 hist[3].observe(rec.ttft_ms / 1000.0)
             if rec.prompt_tokens:
-                counts[("tokens", model, provider, "prompt")] += rec.prompt_tokens
+                key = ("tokens", model, provider, "prompt")
+                counts[key] = counts.get(key, 0) + rec.prompt_tokens
             if rec.completion_tokens:
-                counts[("tokens", model, provider, "completion")] += rec.completion_tokens
+                key = ("tokens", model, provider, "completion")
+                counts[key] = counts.get(key, 0) + rec.completion_tokens
             if rec.cost_usd:
-                counts[("cost", model, provider)] += rec.cost_usd  # type: ignore[assignment]
-            if rec.cache_status == "hit":
-                counts[("hits", model)] += 1
-            elif rec.cache_status == "miss":
-                counts[("misses", model)] += 1
+                key = ("cost", model, provider)
+                counts[key] = counts.get(key, 0) + rec.cost_usd
+            if rec.cache_status == "hit" or rec.cache_status == "miss":
+                key = (rec.cache_status, model)
+                counts[key] = counts.get(key, 0) + 1
             if rec.status >= 400 and rec.status != 499 and rec.provider is not None:
-                counts[("errors", provider, rec.error_type or "error", str(rec.status))] += 1
-        metrics = {
+                key = ("errors", provider, rec.error_type or "error", rec.status)
+                counts[key] = counts.get(key, 0) + 1
+        counters = self._counters
+        for key, amount in counts.items():
+            child = counters.get(key)
+            if child is None:
+                child = counters[key] = self._counter_child(key)
+            child.inc(amount)
+
+    def _counter_child(self, key: tuple[Any, ...]) -> Any:
+        """The labelled counter a batch key counts into (looked up once, then kept)."""
+        name, *labels = key
+        metric = {
             "requests": self.requests,
             "tokens": self.tokens,
             "cost": self.cost,
-            "hits": self.cache_hits,
-            "misses": self.cache_misses,
+            "hit": self.cache_hits,
+            "miss": self.cache_misses,
             "errors": self.upstream_errors,
-        }
-        for (name, *labels), amount in counts.items():
-            metrics[name].labels(*labels).inc(amount)
+        }[name]
+        return metric.labels(*(str(label) for label in labels))
 
     def exposition(self) -> tuple[str, bytes]:
         """(content type, Prometheus text) for GET /metrics."""
