@@ -17,7 +17,7 @@ from typing import Any
 
 from ..calls import Call, Outcome
 from .metrics import GatewayMetrics
-from .record import LogRecord, RecordBuilder, as_row
+from .record import LogRecord, RecordBuilder, as_row, new_id
 from .spool import Spool
 from .store import LogStore, StoreError, retention_cutoff
 
@@ -122,6 +122,7 @@ class RecordWriter:
             batch: list[LogRecord] = []
             while queue and len(batch) < self.batch_size:
                 record, call, outcome, auth = queue.popleft()
+                record.id = new_id(record.ts + record.latency_ms / 1000.0)
                 try:
                     builder.add_content(record, call, outcome, auth)
                 except Exception:
