@@ -137,8 +137,29 @@ class LoggingConfig(_Section):
 
 
 class TelemetryConfig(_Section):
+    """OpenTelemetry tracing; off unless `otlp_endpoint` is set (needs `llm-proxy[otel]`)."""
+
+    # OTLP/gRPC collector, e.g. http://127.0.0.1:4317 (http:// plaintext, https:// TLS).
     otlp_endpoint: str | None = None
     service_name: str = "llm-proxy"
+    # Share of new traces recorded; a client's sampled flag in `traceparent` is honoured.
+    sample_ratio: float = 1.0
+    # Sent with every export, e.g. a vendor's API key header.
+    headers: dict[str, str] = {}
+    export_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise ValueError("telemetry.sample_ratio must be between 0 and 1")
+        if self.export_timeout_s <= 0:
+            raise ValueError("telemetry.export_timeout_s must be positive")
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ValueError(
+                "telemetry.otlp_endpoint must be an http:// or https:// URL, "
+                "e.g. http://127.0.0.1:4317"
+            )
+        if not self.service_name:
+            raise ValueError("telemetry.service_name must not be empty")
 
 
 class Config(_Section):

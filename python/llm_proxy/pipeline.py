@@ -1,10 +1,12 @@
 """The pipeline: the one place that knows the order of the stages.
 
 authenticate -> policy -> route -> cache lookup -> provider -> relay -> cache store -> log
+(each traced as a child of the call's span when `telemetry.otlp_endpoint` is set)
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator
 from typing import Protocol
@@ -13,6 +15,7 @@ from .cache import CacheTicket, ResponseCache, build_cache
 from .calls import Call, Deployment, EventStream, Outcome, Reply, StreamSummary
 from .config import Config
 from .errors import GatewayError, model_not_found
+from .observe.tracing import CallSpan, Tracer, build_tracer
 from .providers import Provider, build_provider
 
 
@@ -57,21 +60,27 @@ class PipelineStream:
         call: Call,
         inner: EventStream,
         cache_ticket: CacheTicket | None = None,
+        span: CallSpan | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._call = call
         self._inner = inner
         # Set when the finished stream should be stored in the cache.
         self._ticket = cache_ticket if cache_ticket is not None and cache_ticket.store else None
+        self._span = span
+        self._recorded = False
         self.headers = inner.headers
         self.request_id = call.request_id
 
     async def __aiter__(self) -> AsyncGenerator[bytes, None]:
         call = self._call
+        span = self._span
         outcome = Outcome(status=499, error_type="client_closed")
         first = True
         kept: list[bytes] | None = [] if self._ticket is not None else None
         budget = self._pipeline.cache.max_bytes if self._pipeline.cache is not None else 0
+        if span is not None:
+            span.stage("stream.relay")
         try:
             async for event in self._inner:
                 if first:
@@ -98,14 +107,32 @@ class PipelineStream:
                 and outcome.status == 200
                 and outcome.summary is not None
             ):
+                if span is not None:
+                    span.stage("cache.store")
                 cache.store_stream(call, self._ticket, kept, outcome.summary)
+            self._recorded = True
             self._pipeline.observer.finished(call, outcome)
+            if span is not None:
+                span.finish(outcome)
 
     def summary(self) -> StreamSummary | None:
         return self._inner.summary()
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+        if not self._recorded:  # never iterated: the client left before the first event
+            self._recorded = True
+            outcome = Outcome(status=499, error_type="client_closed")
+            outcome.summary = self._inner.summary()
+            self._pipeline.observer.finished(self._call, outcome)
+            if self._span is not None:
+                self._span.finish(outcome)
+
+
+def _abandoned(exc: BaseException) -> Outcome:
+    if isinstance(exc, asyncio.CancelledError):
+        return Outcome(499, "client_closed", "the client left before the answer")
+    return Outcome(500, "internal_error", type(exc).__name__)
 
 
 class Pipeline:
@@ -117,6 +144,8 @@ class Pipeline:
         self.router = Router(config, self.providers)
         self.observer: Observer = observer or NullObserver()
         self.cache: ResponseCache | None = build_cache(config.cache)
+        # Built by start(), inside the worker: its exporter holds a gRPC channel and a thread.
+        self.tracer: Tracer | None = None
         self.ready = False
 
     async def start(self) -> None:
@@ -124,6 +153,7 @@ class Pipeline:
             await provider.start()
         if self.cache is not None:
             await self.cache.start()
+        self.tracer = build_tracer(self.config)
         self.ready = True
 
     async def close(self) -> None:
@@ -132,47 +162,93 @@ class Pipeline:
             await self.cache.close()
         for provider in self.providers.values():
             await provider.close()
+        if self.tracer is not None:
+            tracer, self.tracer = self.tracer, None
+            await asyncio.to_thread(tracer.shutdown)  # exports the spans still queued
 
     def model_names(self) -> list[str]:
         return self.router.names()
 
+    # Tracing is optional and must cost nothing when off: `span` is None then, and each stage
+    # pays one `is not None` check (no context managers, no no-op spans).
+
     async def complete(self, call: Call) -> Reply:
         """A whole answer."""
         cache = self.cache
+        span = self.tracer.start(call) if self.tracer is not None else None
         try:
             # Routing is a dict lookup: done first so a hit is logged with its deployment.
+            if span is not None:
+                span.stage("route")
             deployment, provider = self.router.route(call)
             ticket = None
             if cache is not None:
+                if span is not None:
+                    span.stage("cache.lookup")
                 ticket, hit = await cache.lookup_reply(call)
                 if hit is not None:
-                    self.observer.finished(
-                        call, Outcome(hit.status, usage=hit.usage, response_body=hit.body)
-                    )
+                    outcome = Outcome(hit.status, usage=hit.usage, response_body=hit.body)
+                    self.observer.finished(call, outcome)
+                    if span is not None:
+                        span.finish(outcome)
                     return hit
+            if span is not None:
+                span.upstream(deployment)
             if cache is not None and ticket is not None:
+                # Calls the provider and queues the cache write.
                 reply = await cache.fill(call, ticket, lambda: provider.complete(call, deployment))
             else:
                 reply = await provider.complete(call, deployment)
         except GatewayError as exc:
-            self.observer.finished(call, Outcome(exc.status, exc.type, exc.message))
+            outcome = Outcome(exc.status, exc.type, exc.message)
+            self.observer.finished(call, outcome)
+            if span is not None:
+                span.finish(outcome)
             raise
-        self.observer.finished(
-            call, Outcome(reply.status, usage=reply.usage, response_body=reply.body)
-        )
+        except BaseException as exc:
+            # Cancelled (the client left, its deadline passed) or a bug: still one log record.
+            outcome = _abandoned(exc)
+            self.observer.finished(call, outcome)
+            if span is not None:
+                span.finish(outcome)
+            raise
+        outcome = Outcome(reply.status, usage=reply.usage, response_body=reply.body)
+        self.observer.finished(call, outcome)
+        if span is not None:
+            span.finish(outcome)
         return reply
 
     async def stream(self, call: Call) -> PipelineStream:
-        """A streamed answer; errors before the first event are raised here."""
+        """A streamed answer; errors before the first event are raised here.
+
+        The call's span, if any, ends when the returned stream finishes or is closed.
+        """
+        span = self.tracer.start(call) if self.tracer is not None else None
         ticket = None
         try:
+            if span is not None:
+                span.stage("route")
             deployment, provider = self.router.route(call)
             if self.cache is not None:
+                if span is not None:
+                    span.stage("cache.lookup")
                 ticket, hit = await self.cache.lookup_stream(call)
                 if hit is not None:
-                    return PipelineStream(self, call, hit)
+                    return PipelineStream(self, call, hit, span=span)
+            if span is not None:
+                span.upstream(deployment)
             inner = await provider.stream(call, deployment)
         except GatewayError as exc:
-            self.observer.finished(call, Outcome(exc.status, exc.type, exc.message))
+            outcome = Outcome(exc.status, exc.type, exc.message)
+            self.observer.finished(call, outcome)
+            if span is not None:
+                span.finish(outcome)
             raise
-        return PipelineStream(self, call, inner, ticket)
+        except BaseException as exc:
+            # Cancelled (the client left, its deadline passed) or a bug: still one log record.
+            outcome = _abandoned(exc)
+            self.observer.finished(call, outcome)
+            if span is not None:
+                span.finish(outcome)
+            raise
+        return PipelineStream(self, call, inner, ticket, span)

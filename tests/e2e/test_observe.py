@@ -14,9 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
+from llm_proxy.grpc.gen import gateway_pb2 as pb
+from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Gateway, MockUpstream, standard_config, start_gateway
@@ -654,3 +657,42 @@ def test_postgres_down_during_load_then_every_record_written(
         gw.stop()
         door.shut()
     assert len(_pg_rows(url, schema)) == 160
+
+
+# -- calls the client abandons ------------------------------------------------------------
+
+
+def test_cancelled_grpc_calls_are_still_recorded(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    db = tmp_path / "log.db"
+    config = logging_config(mock_upstream, tmp_path)
+    config["providers"]["slow10"] = {
+        "kind": "openai",
+        "base_url": mock_upstream.url + "/v1",
+        "timeout_s": 10,
+        "headers": {"x-mock-delay-ms": "3000"},
+    }
+    config["models"]["slow"] = {"provider": "slow10", "model": "gpt-4o-mini"}
+    gw = start_gateway(config, tmp_path, grpc=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{gw.grpc_port}") as channel:
+            stub = pb_grpc.GatewayStub(channel)
+            message = pb.ChatMessage(role="user", content="cancel me")
+            whole = stub.ChatCompletion.future(
+                pb.ChatCompletionRequest(model="slow", messages=[message]),
+                metadata=(("x-request-id", "cancel-whole"),),
+            )
+            stream = stub.StreamChatCompletion(
+                pb.StreamChatCompletionRequest(model="slow", messages=[message]),
+                metadata=(("x-request-id", "cancel-stream"),),
+            )
+            time.sleep(0.5)  # both are waiting on the upstream
+            whole.cancel()
+            stream.cancel()
+        for request_id in ("cancel-whole", "cancel-stream"):
+            record = record_of(db, request_id)
+            assert record["status"] == 499
+            assert record["error_type"] == "client_closed"
+    finally:
+        gw.stop()

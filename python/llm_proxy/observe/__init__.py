@@ -1,7 +1,8 @@
 """Request logs, spend and metrics: every call recorded, nothing lost, never in the way.
 
 `build_observer(config)` gives the pipeline's observer; `prepare_multiprocess(workers)` must run
-in `serve` before workers start. prometheus_client is imported only by `build_observer`.
+in `serve` before workers start. prometheus_client is imported only by `build_observer`;
+OpenTelemetry only by `tracing.build_tracer`, when `telemetry.otlp_endpoint` is set.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ def build_observer(config: Config) -> CallRecorder:
 
 def validate(config: Config) -> None:
     """Raise ObserveConfigError for settings that cannot work (call in `serve`, early)."""
-    if config.telemetry.otlp_endpoint:
-        raise ObserveConfigError(
-            "telemetry.otlp_endpoint is set, but OpenTelemetry tracing is not implemented in "
-            "this version of llm-proxy; remove telemetry.otlp_endpoint"
-        )
+    from .tracing import validate as validate_tracing
+
+    validate_tracing(config.telemetry)
