@@ -17,6 +17,11 @@ from .store import (
     migrations,
 )
 
+# Rows per INSERT statement: one statement per chunk means one sqlite3_step, so the writer
+# thread releases and retakes the GIL once per chunk instead of once per row (each a switch
+# with the busy event loop). Bounded by SQLite's limit on bound variables.
+_ROWS_PER_INSERT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 30
+
 
 def sqlite_path(url: str) -> str:
     """`sqlite:///rel/path` -> `rel/path`; `sqlite:////abs/path` -> `/abs/path`."""
@@ -31,6 +36,7 @@ class SqliteStore:
         self.timeout_s = timeout_s
         self._conn: sqlite3.Connection | None = None
         self._insert = insert_sql("sqlite")
+        self._inserts: dict[int, str] = {}
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -79,13 +85,24 @@ class SqliteStore:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(self._insert, rows)
+                for start in range(0, len(rows), _ROWS_PER_INSERT):
+                    chunk = rows[start : start + _ROWS_PER_INSERT]
+                    params = [value for row in chunk for value in row]
+                    conn.execute(self._insert_of(len(chunk)), params)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    def _insert_of(self, count: int) -> str:
+        """`INSERT ... VALUES (...), (...)` for `count` rows (kept per count)."""
+        sql = self._inserts.get(count)
+        if sql is None:
+            head, _, values = self._insert.partition(" VALUES ")
+            sql = self._inserts[count] = f"{head} VALUES {', '.join([values] * count)}"
+        return sql
 
     def purge(self, before_ts: float, max_rows: int | None) -> int:
         try:
