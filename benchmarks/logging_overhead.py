@@ -1,8 +1,11 @@
 """Gateway overhead with request logging off vs at `full` (SQLite store, metrics on in both).
 
-Gateway pinned to one core (taskset), mock upstream and the load on the others. For each mode:
-N sequential requests on one keep-alive connection (added latency = gateway minus direct, and
-the gateway's own x-llm-proxy-overhead-ms), then wrk with 16 connections (requests/s).
+Both gateways run at once, each pinned to the gateway core (taskset), the mock upstream and the
+load on the others, and every measurement alternates between them (off, full, off, full, ...)
+so a noisy minute hits both. For each mode: N sequential requests on one keep-alive connection
+(added latency = gateway minus direct, and the gateway's own x-llm-proxy-overhead-ms), then wrk
+with 16 connections (requests/s, and CPU microseconds per request from /proc, the steadier
+figure on a shared machine).
 
     python benchmarks/logging_overhead.py [--requests 3000] [--seconds 5] [--runs 3]
 """
@@ -12,13 +15,27 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
-from common import bench_config, gateway, median_run, mock_upstream, wrk
+import yaml
+from common import (
+    GATEWAY_CPU,
+    Served,
+    bench_config,
+    cpu_seconds,
+    free_port,
+    median_run,
+    mock_upstream,
+    pin,
+    served,
+    wrk,
+)
 
 BODY = json.dumps(
     {
@@ -48,31 +65,53 @@ def sequential(url: str, n: int) -> tuple[list[float], list[float]]:
     return took, overhead
 
 
-def measure(up: str, logging: dict[str, Any], n: int, seconds: float, runs: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = {
-            **logging,
-            "store": f"sqlite:///{Path(tmp) / 'log.db'}",
-            "spool_path": str(Path(tmp) / "log.spool"),
-        }
-        with gateway(bench_config(up, logging=settings)) as gw:
-            through = gw + "/v1/chat/completions"
-            direct = up + "/v1/chat/completions"
-            d_took, _ = sequential(direct, n)
-            g_took, g_over = sequential(through, n)
-            load, spread = median_run(
-                [wrk(through, BODY, connections=16, seconds=seconds) for _ in range(runs)]
-            )
-    return {
-        "direct_p50_ms": statistics.median(d_took),
-        "gateway_p50_ms": statistics.median(g_took),
-        "added_p50_ms": statistics.median(g_took) - statistics.median(d_took),
-        "added_mean_ms": statistics.fmean(g_took) - statistics.fmean(d_took),
-        "overhead_header_p50_ms": statistics.median(g_over) if g_over else None,
-        "rps_16": load.rps,
-        "p99_16_ms": load.p99_ms,
-        "rps_spread": spread,
+def start(stack: ExitStack, up: str, logging: dict[str, Any], tmp: Path) -> Served:
+    port = free_port()
+    settings = {
+        **logging,
+        "store": f"sqlite:///{tmp / f'log-{port}.db'}",
+        "spool_path": str(tmp / f"log-{port}.spool"),
     }
+    path = tmp / f"gateway-{port}.yaml"
+    path.write_text(yaml.safe_dump(bench_config(up, logging=settings)))
+    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "llm_proxy.cli", "serve"]
+    cmd += ["--config", str(path), "--port", str(port), "--grpc-port", "0"]
+    url = f"http://127.0.0.1:{port}"
+    return stack.enter_context(served(cmd, url + "/ready", url, cwd=str(tmp)))
+
+
+def measure(up: str, n: int, seconds: float, runs: int) -> dict[str, dict[str, Any]]:
+    modes = {"off": {"enabled": False}, "full": {"content": "full"}}
+    with tempfile.TemporaryDirectory() as tmp_, ExitStack() as stack:
+        gws = {name: start(stack, up, logging, Path(tmp_)) for name, logging in modes.items()}
+        direct = up + "/v1/chat/completions"
+        d_took, _ = sequential(direct, n)
+        seq = {name: sequential(gw.url + "/v1/chat/completions", n) for name, gw in gws.items()}
+        loads: dict[str, list[Any]] = {name: [] for name in gws}
+        cpu: dict[str, list[float]] = {name: [] for name in gws}
+        for _ in range(runs):
+            for name, gw in gws.items():
+                before = cpu_seconds(gw.pids)
+                r = wrk(gw.url + "/v1/chat/completions", BODY, connections=16, seconds=seconds)
+                cpu[name].append((cpu_seconds(gw.pids) - before) / max(r.requests, 1) * 1e6)
+                loads[name].append(r)
+    out = {}
+    for name in gws:
+        g_took, g_over = seq[name]
+        load, spread = median_run(loads[name])
+        out[name] = {
+            "direct_p50_ms": statistics.median(d_took),
+            "gateway_p50_ms": statistics.median(g_took),
+            "added_p50_ms": statistics.median(g_took) - statistics.median(d_took),
+            "added_mean_ms": statistics.fmean(g_took) - statistics.fmean(d_took),
+            "overhead_header_p50_ms": statistics.median(g_over) if g_over else None,
+            "rps_16": load.rps,
+            "p99_16_ms": load.p99_ms,
+            "rps_spread": spread,
+            "cpu_us_per_request": statistics.median(cpu[name]),
+            "cpu_us_runs": cpu[name],
+        }
+    return out
 
 
 def main() -> None:
@@ -81,26 +120,26 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    results = {}
     with mock_upstream() as up:
-        for name, logging in (("off", {"enabled": False}), ("full", {"content": "full"})):
-            results[name] = measure(up, logging, args.requests, args.seconds, args.runs)
+        results = measure(up, args.requests, args.seconds, args.runs)
     print(json.dumps(results, indent=2))
     off, full = results["off"], results["full"]
     rows = [
         "| logging | added p50 ms (seq) | added mean ms (seq) | overhead header p50 ms "
-        "| req/s, 16 conns | p99 ms, 16 conns |",
-        "|---|---|---|---|---|---|",
+        "| req/s, 16 conns | p99 ms, 16 conns | CPU µs/req, 16 conns |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         rows.append(
             f"| {name} | {r['added_p50_ms']:.3f} | {r['added_mean_ms']:.3f} | "
-            f"{r['overhead_header_p50_ms'] or 0:.3f} | {r['rps_16']:.0f} | {r['p99_16_ms']:.2f} |"
+            f"{r['overhead_header_p50_ms'] or 0:.3f} | {r['rps_16']:.0f} | {r['p99_16_ms']:.2f} | "
+            f"{r['cpu_us_per_request']:.0f} |"
         )
     print("\n".join(rows))
     print(
         f"full vs off: added p50 {full['added_p50_ms'] / off['added_p50_ms'] - 1:+.1%}, "
-        f"req/s {full['rps_16'] / off['rps_16'] - 1:+.1%}"
+        f"req/s {full['rps_16'] / off['rps_16'] - 1:+.1%}, CPU per request "
+        f"{full['cpu_us_per_request'] / off['cpu_us_per_request'] - 1:+.1%}"
     )
 
 
