@@ -69,10 +69,16 @@ class EmbeddingHead(msgspec.Struct):
     input: msgspec.Raw
 
 
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0
+
+
 class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # Read with the rest of the usage, so the log stage never decodes the answer again.
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class ResponseHead(msgspec.Struct):

@@ -93,12 +93,7 @@ class _Answer(msgspec.Struct):
     usage: _Usage | None = None
 
 
-class _UsageOnly(msgspec.Struct):
-    usage: _Usage | None = None
-
-
 _answer = msgspec.json.Decoder(_Answer)
-_usage_only = msgspec.json.Decoder(_UsageOnly)
 _any = msgspec.json.Decoder()
 
 
@@ -107,15 +102,6 @@ def _read_answer(body: bytes | None) -> _Answer | None:
         return None
     try:
         return _answer.decode(body)
-    except msgspec.DecodeError:
-        return None
-
-
-def _read_usage(body: bytes | None) -> _Usage | None:
-    if not body:
-        return None
-    try:
-        return _usage_only.decode(body).usage
     except msgspec.DecodeError:
         return None
 
@@ -207,9 +193,9 @@ class RecordBuilder:
         if outcome.usage is not None:
             prompt_tokens = outcome.usage.prompt_tokens
             completion_tokens = outcome.usage.completion_tokens
-            usage = _read_usage(outcome.response_body) if not call.stream else None
-            if usage is not None and usage.prompt_tokens_details is not None:
-                cached = usage.prompt_tokens_details.cached_tokens
+            details = outcome.usage.prompt_tokens_details
+            if details is not None:
+                cached = details.cached_tokens
         elif (
             summary is not None
             and not summary.usage_counted

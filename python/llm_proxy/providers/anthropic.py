@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from ..calls import Call, Deployment, Reply, Usage
+from ..calls import Call, Deployment, PromptTokensDetails, Reply, Usage
 from ..config import AnthropicProvider
 from ..errors import GatewayError
 from . import anthropic_format as fmt
@@ -117,6 +117,9 @@ class Anthropic:
                 usage.get("prompt_tokens", 0),
                 usage.get("completion_tokens", 0),
                 usage.get("total_tokens", 0),
+                PromptTokensDetails(details.get("cached_tokens", 0))
+                if (details := usage.get("prompt_tokens_details"))
+                else None,
             ),
         )
 

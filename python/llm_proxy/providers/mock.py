@@ -70,7 +70,7 @@ class MockStream:
         )
         yield _event({**base, "choices": [last]})
         if call.include_usage:
-            yield _event({**base, "choices": [], "usage": msgspec.structs.asdict(usage)})
+            yield _event({**base, "choices": [], "usage": _usage_json(usage)})
         yield b"data: [DONE]\n\n"
         self._summary = SimpleSummary(
             text=text,
@@ -141,7 +141,7 @@ class Mock:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": msgspec.structs.asdict(usage),
+                "usage": _usage_json(usage),
             }
         else:
             body = {
@@ -150,7 +150,7 @@ class Mock:
                 "created": created,
                 "model": deployment.model,
                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
-                "usage": msgspec.structs.asdict(usage),
+                "usage": _usage_json(usage),
             }
         return Reply(_encoder.encode(body), usage=usage)
 
@@ -179,3 +179,11 @@ class Mock:
             raise GatewayError(400, "embeddings cannot be streamed", param="stream")
         await self._pause(call)
         return MockStream(call, deployment, self)
+
+
+def _usage_json(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
