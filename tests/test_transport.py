@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,3 +261,61 @@ def test_cancelled_request_closes_its_connection() -> None:
         return bool(result)
 
     assert run(answer(b""), body) is True
+
+
+# -- TLS (every hosted provider is https) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
+    command += ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
+def run_tls(
+    certificate: tuple[Path, Path], body: Callable[[UpstreamClient, str], Awaitable[Any]]
+) -> Any:
+    cert, key = certificate
+
+    async def main() -> Any:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        raw = b'HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{"tls":true}'
+        server = await asyncio.start_server(answer(raw, requests=2), "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        client = UpstreamClient(max_connections=4, connect_timeout_s=2)
+        await client.start()
+        try:
+            return await body(client, f"https://localhost:{port}/v1/chat/completions")
+        finally:
+            await client.close()
+            server.close()
+
+    return asyncio.run(main())
+
+
+def test_https_upstream_is_verified_and_answers(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # trust the test's own CA
+
+    async def body(client: UpstreamClient, url: str) -> list[bytes]:
+        return [(await client.post(url, HEADERS, b"{}", 5)).body for _ in range(2)]
+
+    assert run_tls(certificate, body) == [b'{"tls":true}'] * 2
+
+
+def test_https_upstream_with_an_untrusted_certificate_is_502(
+    certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with pytest.raises(GatewayError) as info:
+        run_tls(certificate, lambda c, u: c.post(u, HEADERS, b"{}", 5))
+    assert info.value.status == 502 and "certificate verify failed" in info.value.message
