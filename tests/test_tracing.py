@@ -193,7 +193,7 @@ def assert_children_of(trace: Trace) -> None:
 
 
 def test_whole_call_continues_the_client_trace_with_a_span_per_stage(
-    gw: Gateway, spans: Collector
+    gw: Gateway, spans: Collector, mock_upstream: MockUpstream
 ) -> None:
     request_id = new_id()
     reply = client(gw).chat.completions.create(
@@ -235,6 +235,10 @@ def test_whole_call_continues_the_client_trace_with_a_span_per_stage(
     assert upstream.span.kind == Span.SPAN_KIND_CLIENT
     assert upstream.attributes["server.address"] == "127.0.0.1"
     assert upstream.attributes["gen_ai.system"] == "openai"
+    # The upstream request carries the trace on, as a child of the upstream span.
+    sent = mock_upstream.last()["headers"]
+    assert sent["traceparent"] == f"00-{CLIENT_TRACE_ID}-{upstream.span_id}-01"
+    assert sent["tracestate"] == "vendor=abc"
 
 
 def test_cache_hit_has_no_upstream_stage(gw: Gateway, spans: Collector) -> None:

@@ -121,6 +121,8 @@ class Call:
     cache_age_s: float | None = None
     key_id: str | None = None
     team: str | None = None
+    # W3C trace context for the upstream request (set only when tracing is on).
+    trace_headers: list[tuple[str, str]] | None = None
 
     def remaining_s(self, limit: float) -> float:
         """The time the upstream may take: the provider's limit, bounded by the deadline."""

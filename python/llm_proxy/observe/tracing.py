@@ -168,6 +168,11 @@ class CallSpan:
             **tracer.peers.get(deployment.provider, {}),
         }
         self._begin("upstream", tracer.client, attributes)
+        if self._stage is not None:
+            # The upstream continues the trace under this span (W3C traceparent/tracestate).
+            carrier: dict[str, str] = {}
+            tracer.propagator.inject(carrier, context=tracer.in_context(self._stage))
+            self._call.trace_headers = list(carrier.items())
 
     def _begin(self, name: str, kind: Any, attributes: dict[str, Any] | None) -> None:
         if self._ended:

@@ -98,7 +98,7 @@ class Anthropic:
         timeout = upstream_timeout(call, self.config.timeout_s)
         started = time.perf_counter()
         try:
-            resp = await self.client.post(self.url, self.headers, body, timeout)
+            resp = await self.client.post(self.url, self.headers, body, timeout, call.trace_headers)
         finally:
             call.upstream_s += time.perf_counter() - started
         if resp.status != 200:
@@ -128,7 +128,9 @@ class Anthropic:
         timeout = upstream_timeout(call, self.config.timeout_s)
         started = time.perf_counter()
         try:
-            upstream = await self.client.post_stream(self.url, self.headers, body, timeout)
+            upstream = await self.client.post_stream(
+                self.url, self.headers, body, timeout, call.trace_headers
+            )
         finally:
             call.upstream_s += time.perf_counter() - started
         if upstream.status != 200:

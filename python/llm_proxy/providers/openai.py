@@ -70,7 +70,11 @@ class OpenAICompatible:
         started = time.perf_counter()
         try:
             resp = await self.client.post(
-                self.url(call, deployment), self.headers, self.body(call, deployment), timeout
+                self.url(call, deployment),
+                self.headers,
+                self.body(call, deployment),
+                timeout,
+                call.trace_headers,
             )
         finally:
             call.upstream_s += time.perf_counter() - started
@@ -91,6 +95,7 @@ class OpenAICompatible:
                 self.stream_headers,
                 self.body(call, deployment),
                 timeout,
+                call.trace_headers,
             )
         finally:
             call.upstream_s += time.perf_counter() - started

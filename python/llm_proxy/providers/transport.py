@@ -14,7 +14,7 @@ import asyncio
 import collections
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -69,7 +69,7 @@ Origin = tuple[str, int, bool]
 
 
 class _Target:
-    """A URL and header set, pre-encoded: the request head up to the content length."""
+    """A URL and header set, pre-encoded: the request head up to the per-request lines."""
 
     __slots__ = ("head", "headers", "origin")
 
@@ -88,8 +88,7 @@ class _Target:
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 raise GatewayError(502, f"upstream header {name!r} holds a line break")
             lines.append(f"{name}: {value}")
-        lines.append("content-length: ")
-        self.head = "\r\n".join(lines).encode("latin-1")
+        self.head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self.headers = headers
 
 
@@ -125,10 +124,11 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange ----------------------------------------------------------------------
 
-    def send(self, target: _Target, body: bytes, streaming: bool) -> None:
+    def send(self, target: _Target, body: bytes, streaming: bool, extra: bytes) -> None:
         self._begin(streaming)
         assert self.transport is not None
-        self.transport.writelines((target.head, b"%d\r\n\r\n" % len(body), body))
+        tail = b"%scontent-length: %d\r\n\r\n" % (extra, len(body))
+        self.transport.writelines((target.head, tail, body))
 
     async def wait(self, timeout: float) -> None:
         """Until something new arrives (head, body, end, error) or `timeout` passes."""
@@ -237,6 +237,17 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+
+
+def _encode(extra: Sequence[tuple[str, str]] | None) -> bytes:
+    if not extra:
+        return b""
+    lines = []
+    for name, value in extra:
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise GatewayError(502, f"upstream header {name!r} holds a line break")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -360,11 +371,21 @@ class UpstreamClient:
     # -- requests --------------------------------------------------------------------------
 
     async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, timeout_s: float
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout_s: float,
+        extra: Sequence[tuple[str, str]] | None = None,
     ) -> UpstreamResponse:
-        """POST and read the whole answer; `timeout_s` bounds everything, connecting included."""
+        """POST and read the whole answer; `timeout_s` bounds everything, connecting included.
+
+        `extra`: headers of this request only (the provider's `headers` are encoded once).
+        """
         deadline = self.loop.time() + timeout_s if self._started else 0.0
-        conn = await self._exchange(url, headers, body, timeout_s, deadline, streaming=False)
+        conn = await self._exchange(
+            url, headers, body, timeout_s, deadline, _encode(extra), streaming=False
+        )
         try:
             while not conn.complete:
                 await conn.wait(deadline - self.loop.time())
@@ -392,11 +413,18 @@ class UpstreamClient:
         return response
 
     async def post_stream(
-        self, url: str, headers: Mapping[str, str], body: bytes, silence_s: float
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        silence_s: float,
+        extra: Sequence[tuple[str, str]] | None = None,
     ) -> UpstreamStream:
         """Start a request whose answer is streamed; `silence_s` bounds the gap between reads."""
         deadline = self.loop.time() + silence_s if self._started else 0.0
-        conn = await self._exchange(url, headers, body, silence_s, deadline, streaming=True)
+        conn = await self._exchange(
+            url, headers, body, silence_s, deadline, _encode(extra), streaming=True
+        )
         return UpstreamStream(conn, silence_s)
 
     async def _exchange(
@@ -406,6 +434,7 @@ class UpstreamClient:
         body: bytes,
         timeout_s: float,
         deadline: float,
+        extra: bytes,
         streaming: bool,
     ) -> _Connection:
         """Send the request and wait for the answer's head (status and headers)."""
@@ -415,7 +444,7 @@ class UpstreamClient:
         fresh = False
         while True:
             conn, reused = await self._acquire(target.origin, deadline, fresh)
-            conn.send(target, body, streaming)
+            conn.send(target, body, streaming, extra)
             try:
                 while not conn.head_done:
                     await conn.wait(deadline - self.loop.time())
