@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from common import (
     GATEWAY_CPU,
     OTHER_CPUS,
     bench_config,
+    cpu_seconds,
     free_port,
     mock_upstream,
     pin,
@@ -49,18 +49,6 @@ MAX_TOKENS = 64
 
 
 # -- the load generator (runs in its own pinned process) -----------------------------------
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """CPU time (user + system) the gateway's processes have used so far."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -184,9 +172,9 @@ async def _grpc_load(
 
     async def meter() -> float:
         await asyncio.sleep(warm_until - time.perf_counter())
-        before = _cpu_seconds(pids)
+        before = cpu_seconds(pids)
         await asyncio.sleep(stop_at - time.perf_counter())
-        return _cpu_seconds(pids) - before
+        return cpu_seconds(pids) - before
 
     *_, cpu = await asyncio.gather(
         *(worker(stubs[i % len(stubs)]) for i in range(concurrency)), meter()

@@ -111,9 +111,7 @@ class PipelineStream:
                     span.stage("cache.store")
                 cache.store_stream(call, self._ticket, kept, outcome.summary)
             self._recorded = True
-            self._pipeline.observer.finished(call, outcome)
-            if span is not None:
-                span.finish(outcome)
+            self._pipeline._ended(call, outcome, span)
 
     def summary(self) -> StreamSummary | None:
         return self._inner.summary()
@@ -124,9 +122,7 @@ class PipelineStream:
             self._recorded = True
             outcome = Outcome(status=499, error_type="client_closed")
             outcome.summary = self._inner.summary()
-            self._pipeline.observer.finished(self._call, outcome)
-            if self._span is not None:
-                self._span.finish(outcome)
+            self._pipeline._ended(self._call, outcome, self._span)
 
 
 def _abandoned(exc: BaseException) -> Outcome:
@@ -187,10 +183,9 @@ class Pipeline:
                     span.stage("cache.lookup")
                 ticket, hit = await cache.lookup_reply(call)
                 if hit is not None:
-                    outcome = Outcome(hit.status, usage=hit.usage, response_body=hit.body)
-                    self.observer.finished(call, outcome)
-                    if span is not None:
-                        span.finish(outcome)
+                    self._ended(
+                        call, Outcome(hit.status, usage=hit.usage, response_body=hit.body), span
+                    )
                     return hit
             if span is not None:
                 span.upstream(deployment)
@@ -200,23 +195,20 @@ class Pipeline:
             else:
                 reply = await provider.complete(call, deployment)
         except GatewayError as exc:
-            outcome = Outcome(exc.status, exc.type, exc.message)
-            self.observer.finished(call, outcome)
-            if span is not None:
-                span.finish(outcome)
+            self._ended(call, Outcome(exc.status, exc.type, exc.message), span)
             raise
         except BaseException as exc:
             # Cancelled (the client left, its deadline passed) or a bug: still one log record.
-            outcome = _abandoned(exc)
-            self.observer.finished(call, outcome)
-            if span is not None:
-                span.finish(outcome)
+            self._ended(call, _abandoned(exc), span)
             raise
-        outcome = Outcome(reply.status, usage=reply.usage, response_body=reply.body)
+        self._ended(call, Outcome(reply.status, usage=reply.usage, response_body=reply.body), span)
+        return reply
+
+    def _ended(self, call: Call, outcome: Outcome, span: CallSpan | None) -> None:
+        """The last stage of every call: its log record and metrics, and its span's end."""
         self.observer.finished(call, outcome)
         if span is not None:
             span.finish(outcome)
-        return reply
 
     async def stream(self, call: Call) -> PipelineStream:
         """A streamed answer; errors before the first event are raised here.
@@ -239,16 +231,10 @@ class Pipeline:
                 span.upstream(deployment)
             inner = await provider.stream(call, deployment)
         except GatewayError as exc:
-            outcome = Outcome(exc.status, exc.type, exc.message)
-            self.observer.finished(call, outcome)
-            if span is not None:
-                span.finish(outcome)
+            self._ended(call, Outcome(exc.status, exc.type, exc.message), span)
             raise
         except BaseException as exc:
             # Cancelled (the client left, its deadline passed) or a bug: still one log record.
-            outcome = _abandoned(exc)
-            self.observer.finished(call, outcome)
-            if span is not None:
-                span.finish(outcome)
+            self._ended(call, _abandoned(exc), span)
             raise
         return PipelineStream(self, call, inner, ticket, span)
