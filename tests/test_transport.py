@@ -319,3 +319,15 @@ def test_https_upstream_with_an_untrusted_certificate_is_502(
     with pytest.raises(GatewayError) as info:
         run_tls(certificate, lambda c, u: c.post(u, HEADERS, b"{}", 5))
     assert info.value.status == 502 and "certificate verify failed" in info.value.message
+
+
+def test_gzip_stream_is_decompressed_as_it_arrives() -> None:
+    packed = gzip.compress(b"data: one\n\n" + b"data: two\n\n")
+    raw = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw += chunk(packed[:10]) + chunk(packed[10:]) + b"0\r\n\r\n"
+
+    async def body(client: UpstreamClient, url: str) -> bytes:
+        stream = await client.post_stream(url, HEADERS, b"{}", 5)
+        return b"".join([c async for c in stream.chunks()])
+
+    assert run(answer(raw), body) == b"data: one\n\ndata: two\n\n"

@@ -295,6 +295,9 @@ class UpstreamStream:
                 continue
             if conn.complete:
                 self.release()
+                rest = self._decoder.flush() if self._decoder is not None else b""
+                if rest:
+                    yield rest
                 return
             try:
                 await conn.wait(self._silence_s)
