@@ -14,7 +14,7 @@ import asyncio
 import collections
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -84,11 +84,7 @@ class _Target:
         host = parts.netloc.rpartition("@")[2]
         lines = [f"POST {path} HTTP/1.1", f"host: {host}", f"user-agent: {_USER_AGENT}"]
         lines.append("accept-encoding: gzip, deflate")
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise GatewayError(502, f"upstream header {name!r} holds a line break")
-            lines.append(f"{name}: {value}")
-        self.head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self.head = ("\r\n".join(lines) + "\r\n").encode("latin-1") + _encode(headers.items())
         self.headers = headers
 
 
@@ -239,7 +235,8 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
 
 
-def _encode(extra: Sequence[tuple[str, str]] | None) -> bytes:
+def _encode(extra: Iterable[tuple[str, str]] | None) -> bytes:
+    """Header lines, each ending in CRLF; a line break inside a name or value is refused."""
     if not extra:
         return b""
     lines = []
@@ -385,7 +382,7 @@ class UpstreamClient:
 
         `extra`: headers of this request only (the provider's `headers` are encoded once).
         """
-        deadline = self.loop.time() + timeout_s if self._started else 0.0
+        deadline = self._deadline(timeout_s)
         conn = await self._exchange(
             url, headers, body, timeout_s, deadline, _encode(extra), streaming=False
         )
@@ -424,7 +421,7 @@ class UpstreamClient:
         extra: Sequence[tuple[str, str]] | None = None,
     ) -> UpstreamStream:
         """Start a request whose answer is streamed; `silence_s` bounds the gap between reads."""
-        deadline = self.loop.time() + silence_s if self._started else 0.0
+        deadline = self._deadline(silence_s)
         conn = await self._exchange(
             url, headers, body, silence_s, deadline, _encode(extra), streaming=True
         )
@@ -441,8 +438,6 @@ class UpstreamClient:
         streaming: bool,
     ) -> _Connection:
         """Send the request and wait for the answer's head (status and headers)."""
-        if not self._started:
-            raise GatewayError(503, "upstream client is not started")
         target = self._target(url, headers)
         fresh = False
         while True:
@@ -466,6 +461,12 @@ class UpstreamClient:
             except BaseException:
                 conn.abort()
                 raise
+
+    def _deadline(self, timeout_s: float) -> float:
+        """The loop time by which a request started now must be done."""
+        if not self._started:
+            raise GatewayError(503, "upstream client is not started")
+        return self.loop.time() + timeout_s
 
     def _target(self, url: str, headers: Mapping[str, str]) -> _Target:
         key = (url, id(headers))
