@@ -94,25 +94,25 @@ class _Connection(asyncio.Protocol):
                     transport.write(CONTINUE)
                 return
             self._continued = False
+            # Only a plain kept-alive request can be answered again from stored bytes.
+            plain = req.keep_alive and not any(k.startswith("x-mock-") for k in req.headers)
+            raw = bytes(self._buf[:used]) if plain else b""
+            del self._buf[:used]
             if req.path.startswith("/_mock/"):
-                del self._buf[:used]
                 self._send_whole(state.control_endpoint(req), req.keep_alive)
                 continue
             state.stats.requests += 1
             state.last = req
             ctl = state.controls(req.headers)
             if ctl.hang or ctl.delay_ms > 0:
-                del self._buf[:used]
                 self._task = asyncio.ensure_future(self._serve_later(req, ctl))
                 return
-            raw = bytes(self._buf[:used])
-            del self._buf[:used]
             reply = state.route(req, ctl)
             if isinstance(reply, Whole):
-                self._send_whole(reply, req.keep_alive)
-                plain = not any(k.startswith("x-mock-") for k in req.headers)
-                if req.keep_alive and reply.status == 200 and plain:
-                    self._repeat = (raw, req, whole(reply.status, reply.body, reply.headers))
+                answer = whole(reply.status, reply.body, reply.headers, req.keep_alive)
+                if plain and reply.status == 200:
+                    self._repeat = (raw, req, answer)
+                self._send(answer, req.keep_alive)
             elif ctl.chunk_delay_ms > 0 or ctl.disconnect_after is not None:
                 self._task = asyncio.ensure_future(self._stream(reply, ctl, req.keep_alive))
                 return
@@ -120,8 +120,11 @@ class _Connection(asyncio.Protocol):
                 self._stream_now(reply, ctl, req.keep_alive)
 
     def _send_whole(self, reply: Whole, keep_alive: bool) -> None:
+        self._send(whole(reply.status, reply.body, reply.headers, keep_alive), keep_alive)
+
+    def _send(self, answer: bytes, keep_alive: bool) -> None:
         assert self._transport is not None
-        self._transport.write(whole(reply.status, reply.body, reply.headers, keep_alive))
+        self._transport.write(answer)
         if not keep_alive:
             self._transport.close()
             self._closed = True
