@@ -93,31 +93,23 @@ def bench_config(upstream: str, **sections: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def gateway(config: dict[str, Any], grpc_port: int = 0) -> Iterator[str]:
+def serve_gateway(config: dict[str, Any], tmp: Path, grpc_port: int = 0) -> Iterator[Served]:
+    """`llm-proxy serve` on `config`, pinned to the gateway core, until the block ends."""
     port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.yaml"
-        path.write_text(yaml.safe_dump(config))
-        cmd = [
-            *pin([GATEWAY_CPU]),
-            sys.executable,
-            "-m",
-            "llm_proxy.cli",
-            "serve",
-            "--config",
-            str(path),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(grpc_port),
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_http(url + "/ready")
-            yield url
-        finally:
-            stop(proc)
+    path = tmp / f"llm-proxy-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "llm_proxy.cli", "serve"]
+    cmd += ["--config", str(path), "--port", str(port), "--grpc-port", str(grpc_port)]
+    url = f"http://127.0.0.1:{port}"
+    with served(cmd, url + "/ready", url, cwd=str(tmp)) as gateway:
+        yield gateway
+
+
+@contextmanager
+def gateway(config: dict[str, Any], grpc_port: int = 0) -> Iterator[str]:
+    """`serve_gateway` in a directory of its own; yields the base URL."""
+    with tempfile.TemporaryDirectory() as tmp, serve_gateway(config, Path(tmp), grpc_port) as gw:
+        yield gw.url
 
 
 @dataclass

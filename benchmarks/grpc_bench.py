@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
 from common import (
     GATEWAY_CPU,
     OTHER_CPUS,
@@ -34,8 +33,8 @@ from common import (
     free_port,
     mock_upstream,
     pin,
+    serve_gateway,
     stop,
-    wait_http,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,43 +207,11 @@ async def _client(plan: dict[str, Any]) -> dict[str, Any]:
 # -- the driver ------------------------------------------------------------------------------
 
 
-def _family(pid: int) -> list[int]:
-    """A process and all its descendants (Granian's workers)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            todo.extend(int(c) for c in task.read_text().split())
-    return out
-
-
 @contextmanager
 def gateway(config: dict[str, Any], grpc_port: int) -> Iterator[list[int]]:
     """`llm-proxy serve` pinned to the gateway core; yields the PIDs of its processes."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.yaml"
-        path.write_text(yaml.safe_dump(config))
-        cmd = [
-            *pin([GATEWAY_CPU]),
-            sys.executable,
-            "-m",
-            "llm_proxy.cli",
-            "serve",
-            "--config",
-            str(path),
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(grpc_port),
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/ready")
-            yield _family(proc.pid)
-        finally:
-            stop(proc)
+    with tempfile.TemporaryDirectory() as tmp, serve_gateway(config, Path(tmp), grpc_port) as gw:
+        yield gw.pids
 
 
 @contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -23,17 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from common import (
-    GATEWAY_CPU,
     Served,
     bench_config,
     cpu_seconds,
-    free_port,
     median_run,
     mock_upstream,
-    pin,
-    served,
+    serve_gateway,
     wrk,
 )
 
@@ -65,25 +60,19 @@ def sequential(url: str, n: int) -> tuple[list[float], list[float]]:
     return took, overhead
 
 
-def start(stack: ExitStack, up: str, logging: dict[str, Any], tmp: Path) -> Served:
-    port = free_port()
+def start(stack: ExitStack, up: str, name: str, logging: dict[str, Any], tmp: Path) -> Served:
     settings = {
         **logging,
-        "store": f"sqlite:///{tmp / f'log-{port}.db'}",
-        "spool_path": str(tmp / f"log-{port}.spool"),
+        "store": f"sqlite:///{tmp / f'log-{name}.db'}",
+        "spool_path": str(tmp / f"log-{name}.spool"),
     }
-    path = tmp / f"gateway-{port}.yaml"
-    path.write_text(yaml.safe_dump(bench_config(up, logging=settings)))
-    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "llm_proxy.cli", "serve"]
-    cmd += ["--config", str(path), "--port", str(port), "--grpc-port", "0"]
-    url = f"http://127.0.0.1:{port}"
-    return stack.enter_context(served(cmd, url + "/ready", url, cwd=str(tmp)))
+    return stack.enter_context(serve_gateway(bench_config(up, logging=settings), tmp))
 
 
 def measure(up: str, n: int, seconds: float, runs: int) -> dict[str, dict[str, Any]]:
     modes = {"off": {"enabled": False}, "full": {"content": "full"}}
     with tempfile.TemporaryDirectory() as tmp_, ExitStack() as stack:
-        gws = {name: start(stack, up, logging, Path(tmp_)) for name, logging in modes.items()}
+        gws = {name: start(stack, up, name, logging, Path(tmp_)) for name, logging in modes.items()}
         direct = up + "/v1/chat/completions"
         d_took, _ = sequential(direct, n)
         seq = {name: sequential(gw.url + "/v1/chat/completions", n) for name, gw in gws.items()}

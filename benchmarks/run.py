@@ -44,6 +44,7 @@ from common import (
     median_run,
     pin,
     rss_bytes,
+    serve_gateway,
     served,
     wrk,
 )
@@ -89,14 +90,8 @@ def mock(cpus: list[int], delay_ms: int = 0) -> Iterator[Served]:
 
 @contextmanager
 def llm_proxy(upstream: str, tmp: Path, grpc_port: int = 0, **sections: Any) -> Iterator[Served]:
-    port = free_port()
-    path = tmp / f"llm-proxy-{port}.yaml"
-    path.write_text(yaml.safe_dump(bench_config(upstream, **sections)))
-    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "llm_proxy.cli", "serve"]
-    cmd += ["--config", str(path), "--port", str(port), "--grpc-port", str(grpc_port)]
-    url = f"http://127.0.0.1:{port}"
-    with served(cmd, url + "/ready", url, cwd=str(tmp)) as proc:
-        yield proc
+    with serve_gateway(bench_config(upstream, **sections), tmp, grpc_port) as gateway:
+        yield gateway
 
 
 @contextmanager
