@@ -57,6 +57,8 @@ CHAT = "/v1/chat/completions"
 GATEWAY = "llm-proxy"
 DIRECT = "direct"
 FLOOR = "granian no-op"
+# The same gateway with logging at its default, `full` (content kept), into SQLite (issue 6).
+LOGGED = "llm-proxy, logging full"
 
 # Goals from the issue; each is shown met / MISSED in the table.
 TARGETS = {
@@ -68,6 +70,7 @@ TARGETS = {
     "vs_litellm_rps": 50.0,
     "vs_litellm_latency": 30.0,
     "generator_rps": 30000.0,
+    "logging_added_p50": 0.10,  # full logging vs off, relative
 }
 
 
@@ -389,6 +392,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         targets[GATEWAY] = gw
         results["meta"]["gateway_rss_bytes_start"] = rss_bytes(gw.pids)
         floor = stack.enter_context(granian_floor())
+        logging_full = {
+            "content": "full",
+            "store": f"sqlite:///{tmp / 'bench-log.db'}",
+            "spool_path": str(tmp / "bench-log.spool"),
+        }
+        logged = stack.enter_context(llm_proxy(up.url, tmp, logging=logging_full))
+        warm(logged)
         if "litellm" in peers:
             _log("starting LiteLLM's proxy")
             try:
@@ -406,7 +416,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for clients in (1, 16, 64):
             _log(f"{clients} client(s): {', '.join(targets)}")
             sc[f"clients_{clients}"] = rounds(
-                {**targets, FLOOR: floor},
+                {**targets, FLOOR: floor, LOGGED: logged},
                 runs,
                 lambda name, t, c=clients: load(
                     t, BODY, c, seconds, timeout_s=0 if name != "litellm" else 30
@@ -509,6 +519,12 @@ def targets_table(r: dict[str, Any]) -> list[dict[str, Any]]:
         peer = one["litellm"]["p50_ms"] - one[DIRECT]["p50_ms"]
         lat = peer / p50 if p50 > 0 else float("inf")
         add("added p50 vs LiteLLM (LiteLLM / ours)", "≥ 30x", lat, lat >= 30, True)
+    if LOGGED in one:
+        logged = one[LOGGED]["p50_ms"] - one[DIRECT]["p50_ms"]
+        change = logged / p50 - 1 if p50 > 0 else 0.0
+        goal = TARGETS["logging_added_p50"]
+        name = "added p50, logging full vs off, 1 client (%)"
+        add(name, "≤ +10", change * 100, change <= goal, True)
     gen = r["generator"]["best_rps"]
     add("load generator against the mock", "≥ 30,000", gen, gen >= TARGETS["generator_rps"], False)
     mem = r.get("memory")
@@ -522,10 +538,21 @@ def capacity_figures(r: dict[str, Any]) -> dict[str, Any]:
     """CPU per request of each kind, for `llm-proxy capacity`: the worse of 16 and 64 clients."""
     sc = r["scenarios"]
 
-    def worst(*keys: str) -> float | None:
-        values = [_get(sc, k, GATEWAY, "cpu_us_per_request") for k in keys]
+    def worst(*keys: str, name: str = GATEWAY) -> float | None:
+        values = [_get(sc, k, name, "cpu_us_per_request") for k in keys]
         present = [v for v in values if v]
         return max(present) if present else None
+
+    # What full logging into SQLite adds to a request's CPU: same scenarios, same rounds.
+    added = []
+    for key in ("clients_16", "clients_64"):
+        logged, plain = (
+            _get(sc, key, LOGGED, "cpu_us_per_request"),
+            _get(sc, key, GATEWAY, "cpu_us_per_request"),
+        )
+        if logged and plain:
+            added.append(logged - plain)
+    logging_full = max(0.0, max(added)) if added else None
 
     return {
         "cpu_us_per_request": {
@@ -533,8 +560,12 @@ def capacity_figures(r: dict[str, Any]) -> dict[str, Any]:
             "stream": worst("stream_64"),
             "hit": worst("cache_hit_64"),
             "hit_stream": worst("cache_hit_stream_64"),
+            "logging_full": logging_full,
         },
-        "measured_with": "one Granian worker pinned to one core, logging off, 64 clients",
+        "measured_with": (
+            "one Granian worker pinned to one core, 16 and 64 clients; logging off, and "
+            "logging_full: what logging at `full` into SQLite adds to each request"
+        ),
         "max_rps_per_core": {
             "miss": _get(sc, "clients_64", GATEWAY, "rps"),
             "stream": _get(sc, "stream_64", GATEWAY, "rps"),
@@ -554,9 +585,13 @@ def _f(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _pct(new: float, old: float) -> str:
+    return f"{new / old - 1:+.0%}" if old > 0 else ""
+
+
 def markdown(r: dict[str, Any]) -> str:
     m, sc = r["meta"], r["scenarios"]
-    names = [n for n in (DIRECT, FLOOR, GATEWAY, "litellm") if n in sc["clients_1"]]
+    names = [n for n in (DIRECT, FLOOR, GATEWAY, LOGGED, "litellm") if n in sc["clients_1"]]
     steal = ""
     if m.get("cpu_steal_end") and m.get("wall_seconds"):
         ticks = m["cpu_steal_end"] - m["cpu_steal_start"]
@@ -570,7 +605,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"{','.join(map(str, m['load_cpus']))}. {m['runs']} run(s) of {m['seconds']:g} s per "
         f"scenario, median run shown, spread = (max-min)/median of requests/s. Load average "
         f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end{steal}. "
-        f"Logging off. `{m['command']}`",
+        f"Logging off except for the `{LOGGED}` rows. `{m['command']}`",
         "",
     ]
     for name, p in r["peers"].items():
@@ -632,6 +667,26 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {label} | {name} | {x['rps']:,.0f} | {x['p50_ms']:.3f} | {x['p90_ms']:.3f} "
                 f"| {x['p99_ms']:.3f} | {_f(a50)} | {_f(a99)} | {_f(cpu, 0)} | {x['errors']} "
                 f"| {x['spread']:.0%} |"
+            )
+    if LOGGED in sc["clients_1"]:
+        out += [
+            "",
+            "## Logging: `full` into SQLite vs off (same rounds, same core)",
+            "",
+            "| scenario | added p50 ms, off | full | change | added p99 ms, off | full | "
+            "req/s, off | full | change | CPU µs/req, off | full | added |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key in ("clients_1", "clients_16", "clients_64"):
+            d, a, b = sc[key][DIRECT], sc[key][GATEWAY], sc[key][LOGGED]
+            pa, pb = a["p50_ms"] - d["p50_ms"], b["p50_ms"] - d["p50_ms"]
+            qa, qb = a["p99_ms"] - d["p99_ms"], b["p99_ms"] - d["p99_ms"]
+            ca, cb = a["cpu_us_per_request"] or 0, b["cpu_us_per_request"] or 0
+            out.append(
+                f"| {labels[key]} | {pa:.3f} | {pb:.3f} | {_pct(pb, pa)} | {qa:.3f} | {qb:.3f} "
+                f"| {a['rps']:,.0f} | "
+                f"{b['rps']:,.0f} | {_pct(b['rps'], a['rps'])} | {ca:,.0f} | {cb:,.0f} | "
+                f"{cb - ca:+,.0f} |"
             )
     s = sc["stream_ttfb"]
     out += [

@@ -138,3 +138,39 @@ def test_cli_subcommand_plans_from_the_given_file(results_file: Path) -> None:
     done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "workers (cores): 5" in done.stdout  # 3.0 cores busy / 0.7
+
+
+def test_full_logging_adds_its_measured_cost_to_every_request(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(RESULTS))
+    data["capacity"]["cpu_us_per_request"]["logging_full"] = 20.0
+    path = tmp_path / "2026-01-02-box.json"
+    path.write_text(json.dumps(data))
+    figures = load_figures(path)
+    logged = plan(figures, rps=1000, cache_hit_ratio=0.5, logging="full")
+    plain = plan(figures, rps=1000, cache_hit_ratio=0.5, logging="off")
+    assert plain.cpu_us_per_request == pytest.approx(0.5 * 300 + 0.5 * 100)
+    assert logged.cpu_us_per_request == pytest.approx(plain.cpu_us_per_request + 20.0)
+    assert logged.logging_us == 20.0 and plain.logging_us == 0.0
+
+
+def test_command_counts_logging_by_default_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = json.loads(json.dumps(RESULTS))
+    data["capacity"]["cpu_us_per_request"]["logging_full"] = 50.0
+    path = tmp_path / "2026-01-02-box.json"
+    path.write_text(json.dumps(data))
+    assert capacity_command(_args("--rps", "1000", "--results", str(path))) == 0
+    out = capsys.readouterr().out
+    assert "+50 µs per request" in out and "this mix   350 µs" in out
+    assert capacity_command(_args("--rps", "1000", "--logging", "off", "--results", str(path))) == 0
+    out = capsys.readouterr().out
+    assert "logging    off" in out and "this mix   300 µs" in out
+
+
+def test_results_without_a_logging_figure_say_it_was_not_counted(
+    results_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert capacity_command(_args("--rps", "1000", "--results", str(results_file))) == 0
+    out = capsys.readouterr().out
+    assert "NOT counted" in out and "this mix   300 µs" in out

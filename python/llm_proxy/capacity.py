@@ -4,7 +4,8 @@ The figures are the gateway's own CPU time per request, measured by `make bench`
 Granian worker pinned to one core (benchmarks/run.py writes them under `capacity`). A load of
 R requests/s with a mix of streamed answers and cache hits needs R x (CPU per request of the
 mix) core-seconds every second; dividing by the CPU share to plan for (70% by default) and
-rounding up gives the workers, one per core.
+rounding up gives the workers, one per core. With `--logging full` (the gateway's default)
+each request also pays what logging at `full` into SQLite added in the same benchmark run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class CpuFigures:
     hit_stream: float
     source: str
     machine: str
+    # CPU microseconds full logging into SQLite adds to a request; None if not measured.
+    logging_full: float | None = None
 
     @classmethod
     def from_results(cls, results: dict[str, Any], source: str) -> CpuFigures:
@@ -51,9 +54,12 @@ class CpuFigures:
         values["hit_stream"] = (
             float(hit_stream) if isinstance(hit_stream, int | float) and hit_stream > 0 else 0.0
         ) or values["hit"]
+        logging_full = cpu.get("logging_full")
+        if not isinstance(logging_full, int | float) or logging_full < 0:
+            logging_full = None
         meta = results.get("meta", {})
         machine = f"{meta.get('cpu', 'unknown CPU')}, {meta.get('date', 'undated')}"
-        return cls(source=source, machine=machine, **values)
+        return cls(source=source, machine=machine, logging_full=logging_full, **values)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,9 @@ class CapacityPlan:
     stream_ratio: float
     cache_hit_ratio: float
     target_cpu: float
+    logging: str
+    # What logging adds to each request (µs), included in cpu_us_per_request.
+    logging_us: float
     cpu_us_per_request: float
     busy_cores: float
     workers: int
@@ -77,6 +86,7 @@ def plan(
     stream_ratio: float = 0.0,
     cache_hit_ratio: float = 0.0,
     target_cpu: float = 0.7,
+    logging: str = "off",
 ) -> CapacityPlan:
     """Workers (cores) for `rps` requests/s of the given mix, each worker kept at `target_cpu`."""
     if not rps > 0:
@@ -86,10 +96,14 @@ def plan(
             raise CapacityError(f"{name} must be between 0 and 1, got {value}")
     if not 0.0 < target_cpu <= 1.0:
         raise CapacityError(f"--target-cpu must be in (0, 1], got {target_cpu}")
+    if logging not in ("off", "full"):
+        raise CapacityError(f"--logging must be off or full, got {logging!r}")
     s, h = stream_ratio, cache_hit_ratio
+    logging_us = (figures.logging_full or 0.0) if logging == "full" else 0.0
     per_request = (1 - h) * ((1 - s) * figures.miss + s * figures.stream) + h * (
         (1 - s) * figures.hit + s * figures.hit_stream
     )
+    per_request += logging_us
     busy = rps * per_request / 1e6
     workers = max(1, math.ceil(busy / target_cpu - 1e-9))
     return CapacityPlan(
@@ -97,6 +111,8 @@ def plan(
         stream_ratio=s,
         cache_hit_ratio=h,
         target_cpu=target_cpu,
+        logging=logging,
+        logging_us=logging_us,
         cpu_us_per_request=per_request,
         busy_cores=busy,
         workers=workers,
@@ -135,6 +151,14 @@ def load_figures(path: Path | None) -> CpuFigures:
     return CpuFigures.from_results(results, str(path))
 
 
+def _logging_line(p: CapacityPlan) -> str:
+    if p.logging == "off":
+        return "  logging    off (nothing added)"
+    if p.figures.logging_full is None:
+        return "  logging    full: NOT counted, this results file has no logging figure"
+    return f"  logging    full into SQLite, +{p.logging_us:,.0f} µs per request (included)"
+
+
 def render(p: CapacityPlan) -> str:
     f = p.figures
     return "\n".join(
@@ -144,6 +168,7 @@ def render(p: CapacityPlan) -> str:
             f"figures from {f.source} ({f.machine}), CPU µs per request on one worker:",
             f"  whole miss {f.miss:,.0f}   stream miss {f.stream:,.0f}   "
             f"cache hit {f.hit:,.0f}   stream cache hit {f.hit_stream:,.0f}",
+            _logging_line(p),
             f"  this mix   {p.cpu_us_per_request:,.0f} µs per request",
             f"CPU needed: {p.busy_cores:.2f} cores fully busy; planning for "
             f"{p.target_cpu:.0%} CPU, one worker handles {p.rps_per_worker:,.0f} requests/s",
@@ -164,6 +189,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--target-cpu", type=float, default=0.7, help="CPU share to plan each core for (0.7)"
     )
     parser.add_argument(
+        "--logging",
+        choices=("full", "off"),
+        default="full",
+        help="request logging as configured (default full, the gateway's default)",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         help="benchmark results JSON (default: newest in benchmarks/results)",
@@ -174,7 +205,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def capacity_command(args: argparse.Namespace) -> int:
     try:
         figures = load_figures(args.results)
-        result = plan(figures, args.rps, args.stream_ratio, args.cache_hit_ratio, args.target_cpu)
+        result = plan(
+            figures,
+            args.rps,
+            args.stream_ratio,
+            args.cache_hit_ratio,
+            args.target_cpu,
+            args.logging,
+        )
     except CapacityError as exc:
         print(f"llm-proxy capacity: {exc}", file=sys.stderr)
         return 2
