@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .store import (
@@ -74,8 +74,7 @@ class PostgresStore:
             self.close()  # a broken or timed-out connection is replaced on the next call
             raise StoreError(f"postgres: {exc}") from exc
 
-    def write(self, rows: Sequence[Row], pause: Callable[[], None] | None = None) -> None:
-        # One executemany: the work is the server's, so there is nothing to spread out here.
+    def write(self, rows: Sequence[Row]) -> None:
         def work(conn: Any) -> None:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(self._insert, rows)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,10 @@ from .store import (
     migrations,
 )
 
-# Rows per INSERT statement. Several rows per statement means one sqlite3_step each, so the
-# writer releases and retakes the GIL once per statement instead of once per row (executemany;
-# each a switch with the busy event loop). Small statements, with the writer's `pause` between
-# them, keep it from holding the core for a whole batch: with 500-row statements one-client p99
-# was 3.4-3.9 ms against 1.1-1.6 ms (benchmarks/README.md, Logging overhead). 16 x 29 bound
-# values is under SQLite's oldest limit (999).
-_ROWS_PER_INSERT = 16
+# Rows per INSERT statement: one statement per chunk means one sqlite3_step, so the writer
+# thread releases and retakes the GIL once per chunk instead of once per row (each a switch
+# with the busy event loop). Bounded by SQLite's limit on bound variables.
+_ROWS_PER_INSERT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 30
 
 
 def sqlite_path(url: str) -> str:
@@ -87,14 +84,12 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
 
-    def write(self, rows: Sequence[Row], pause: Callable[[], None] | None = None) -> None:
+    def write(self, rows: Sequence[Row]) -> None:
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for start in range(0, len(rows), _ROWS_PER_INSERT):
-                    if start and pause is not None:
-                        pause()
                     chunk = rows[start : start + _ROWS_PER_INSERT]
                     params = [value for row in chunk for value in row]
                     conn.execute(self._insert_of(len(chunk)), params)

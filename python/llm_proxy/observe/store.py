@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .record import COLUMNS
@@ -23,12 +23,8 @@ class LogStore(Protocol):
     def connect(self) -> None:
         """Open the connection and create or upgrade the schema."""
 
-    def write(self, rows: Sequence[Row], pause: Callable[[], None] | None = None) -> None:
-        """Insert rows (in COLUMNS order); a row whose id is already stored is skipped.
-
-        `pause`, if given, is called between the statements of one batch (the writer uses it to
-        spread a batch's CPU over time instead of taking the core in one burst).
-        """
+    def write(self, rows: Sequence[Row]) -> None:
+        """Insert rows (in COLUMNS order); a row whose id is already stored is skipped."""
 
     def purge(self, before_ts: float, max_rows: int | None) -> int:
         """Delete records older than `before_ts` and all but the newest `max_rows`."""

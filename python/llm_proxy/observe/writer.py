@@ -23,15 +23,10 @@ from .store import LogStore, StoreError, retention_cutoff
 
 log = logging.getLogger("llm_proxy.observe")
 
-# The writer works in slices: the content of _SLICE records, or one 16-row INSERT, then a short
-# sleep. A batch of 500 records is ~8 ms of CPU; done in one go on a busy core it delays every
-# request that arrives meanwhile (one-client p99 3.4-3.9 ms against 0.5-1.0 ms with logging
-# off). Spread out in ~0.1 ms slices with 0.2 ms pauses it gave 1.1-1.6 ms, with the same CPU
-# per request and throughput (benchmarks/README.md, Logging overhead). With a backlog of
-# _CATCH_UP records or more, or when stopping, it does not pause.
-_SLICE = 16
-_PAUSE_S = 0.0002
-_CATCH_UP = 1000
+# Records given their content between two hand-backs of the GIL to the event loop (~0.4 ms of
+# work): holding it for a whole batch makes the loop wait out the 5 ms switch interval, and
+# handing it back after every few records costs a thread switch each time.
+_SLICE = 64
 
 # (the record without its content, the call, its outcome, the caller's Authorization value)
 Pending = tuple[LogRecord, Call, Outcome, Any]
@@ -135,15 +130,10 @@ class RecordWriter:
                     log.exception("could not add the content to the log of %s", call.request_id)
                 batch.append(record)
                 if len(batch) % _SLICE == 0:
-                    self._pause()
+                    time.sleep(0)  # hand the GIL back to the event loop
             self.metrics.queue_depth.set(len(queue))
             if self.store is not None and batch:
                 self._persist(batch)
-
-    def _pause(self) -> None:
-        """Let the event loop have the GIL and the core between two slices of work."""
-        busy = self._stopping or len(self.queue) >= _CATCH_UP
-        time.sleep(0 if busy else _PAUSE_S)
 
     def _persist(self, batch: list[LogRecord]) -> None:
         if not self._store_up and time.monotonic() >= self._retry_at:
@@ -158,7 +148,7 @@ class RecordWriter:
 
     def _write(self, batch: list[LogRecord]) -> None:
         assert self.store is not None
-        self.store.write([as_row(r) for r in batch], self._pause)
+        self.store.write([as_row(r) for r in batch])
         self.written += len(batch)
         self._healthy = True
         self.metrics.log_written.inc(len(batch))
