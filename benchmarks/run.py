@@ -538,8 +538,8 @@ def capacity_figures(r: dict[str, Any]) -> dict[str, Any]:
     """CPU per request of each kind, for `llm-proxy capacity`: the worse of 16 and 64 clients."""
     sc = r["scenarios"]
 
-    def worst(*keys: str, name: str = GATEWAY) -> float | None:
-        values = [_get(sc, k, name, "cpu_us_per_request") for k in keys]
+    def worst(*keys: str) -> float | None:
+        values = [_get(sc, k, GATEWAY, "cpu_us_per_request") for k in keys]
         present = [v for v in values if v]
         return max(present) if present else None
 

@@ -147,9 +147,27 @@ def start_gateway(
     raise RuntimeError("gateway did not become ready")
 
 
+def add_mock_model(
+    config: dict[str, Any],
+    upstream: MockUpstream,
+    name: str,
+    headers: dict[str, str],
+    timeout_s: float = 3,
+) -> None:
+    """An OpenAI provider at the mock upstream sending `headers` (x-mock-...), and a model of
+    the same name served by it as gpt-4o-mini."""
+    config["providers"][name] = {
+        "kind": "openai",
+        "base_url": upstream.url + "/v1",
+        "timeout_s": timeout_s,
+        "headers": headers,
+    }
+    config["models"][name] = {"provider": name, "model": "gpt-4o-mini"}
+
+
 def standard_config(upstream: MockUpstream) -> dict[str, Any]:
     """Every provider kind, all pointing at the mock upstream (or in-process)."""
-    return {
+    config: dict[str, Any] = {
         "server": {"max_body_bytes": 65536, "shutdown_grace_s": 20},
         "logging": {"enabled": False},
         "providers": {
@@ -168,23 +186,6 @@ def standard_config(upstream: MockUpstream) -> dict[str, Any]:
             "claude": {"kind": "anthropic", "base_url": upstream.url, "api_key": "ant-SECRET"},
             "fake": {"kind": "mock"},
             "down": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
-            **{
-                name: {
-                    "kind": "openai",
-                    "base_url": upstream.url + "/v1",
-                    "timeout_s": timeout,
-                    "headers": headers,
-                }
-                for name, timeout, headers in (
-                    ("up429", 3, {"x-mock-status": "429"}),
-                    ("up500", 3, {"x-mock-status": "500"}),
-                    ("up400", 3, {"x-mock-status": "400"}),
-                    ("upslow", 0.5, {"x-mock-delay-ms": "3000"}),
-                    ("upbroken", 3, {"x-mock-disconnect-after": "3"}),
-                    ("upgarbage", 3, {"x-mock-malformed": "1"}),
-                    ("updrip", 5, {"x-mock-chunks": "40", "x-mock-chunk-delay-ms": "50"}),
-                )
-            },
             "claude429": {
                 "kind": "anthropic",
                 "base_url": upstream.url,
@@ -200,13 +201,20 @@ def standard_config(upstream: MockUpstream) -> dict[str, Any]:
             "mock-1": {"provider": "fake", "model": "mock-1"},
             "text-embedding-3-small": {"provider": "up", "model": "text-embedding-3-small"},
             "gone": {"provider": "down", "model": "gone"},
-            **{
-                m: {"provider": m, "model": "gpt-4o-mini"}
-                for m in ("up429", "up500", "up400", "upslow", "upbroken", "upgarbage", "updrip")
-            },
             "claude429": {"provider": "claude429", "model": "claude-sonnet-4-5"},
         },
     }
+    for name, timeout_s, headers in (
+        ("up429", 3, {"x-mock-status": "429"}),
+        ("up500", 3, {"x-mock-status": "500"}),
+        ("up400", 3, {"x-mock-status": "400"}),
+        ("upslow", 0.5, {"x-mock-delay-ms": "3000"}),
+        ("upbroken", 3, {"x-mock-disconnect-after": "3"}),
+        ("upgarbage", 3, {"x-mock-malformed": "1"}),
+        ("updrip", 5, {"x-mock-chunks": "40", "x-mock-chunk-delay-ms": "50"}),
+    ):
+        add_mock_model(config, upstream, name, headers, timeout_s)
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,14 @@ def results_file(tmp_path: Path) -> Path:
     return path
 
 
+def _results_with_logging(tmp_path: Path, logging_us: float) -> Path:
+    data = json.loads(json.dumps(RESULTS))
+    data["capacity"]["cpu_us_per_request"]["logging_full"] = logging_us
+    path = tmp_path / "2026-01-02-box.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -141,11 +149,7 @@ def test_cli_subcommand_plans_from_the_given_file(results_file: Path) -> None:
 
 
 def test_full_logging_adds_its_measured_cost_to_every_request(tmp_path: Path) -> None:
-    data = json.loads(json.dumps(RESULTS))
-    data["capacity"]["cpu_us_per_request"]["logging_full"] = 20.0
-    path = tmp_path / "2026-01-02-box.json"
-    path.write_text(json.dumps(data))
-    figures = load_figures(path)
+    figures = load_figures(_results_with_logging(tmp_path, 20.0))
     logged = plan(figures, rps=1000, cache_hit_ratio=0.5, logging="full")
     plain = plan(figures, rps=1000, cache_hit_ratio=0.5, logging="off")
     assert plain.cpu_us_per_request == pytest.approx(0.5 * 300 + 0.5 * 100)
@@ -156,10 +160,7 @@ def test_full_logging_adds_its_measured_cost_to_every_request(tmp_path: Path) ->
 def test_command_counts_logging_by_default_and_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = json.loads(json.dumps(RESULTS))
-    data["capacity"]["cpu_us_per_request"]["logging_full"] = 50.0
-    path = tmp_path / "2026-01-02-box.json"
-    path.write_text(json.dumps(data))
+    path = _results_with_logging(tmp_path, 50.0)
     assert capacity_command(_args("--rps", "1000", "--results", str(path))) == 0
     out = capsys.readouterr().out
     assert "+50 µs per request" in out and "this mix   350 µs" in out

@@ -17,7 +17,13 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import Gateway, MockUpstream, standard_config, start_gateway
+from tests.conftest import (
+    Gateway,
+    MockUpstream,
+    add_mock_model,
+    standard_config,
+    start_gateway,
+)
 from tests.redis_support import (
     PrivateRedis,
     count_prefix,
@@ -33,13 +39,7 @@ def cache_config(upstream: MockUpstream, **cache: Any) -> dict[str, Any]:
     config = standard_config(upstream)
     config["cache"] = {"enabled": True, "backend": "memory", "ttl_s": 300, **cache}
     # A slow but successful upstream, for coalescing.
-    config["providers"]["upwait"] = {
-        "kind": "openai",
-        "base_url": upstream.url + "/v1",
-        "timeout_s": 10,
-        "headers": {"x-mock-delay-ms": "400"},
-    }
-    config["models"]["upwait"] = {"provider": "upwait", "model": "gpt-4o-mini"}
+    add_mock_model(config, upstream, "upwait", {"x-mock-delay-ms": "400"}, timeout_s=10)
     return config
 
 

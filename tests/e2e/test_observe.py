@@ -22,7 +22,13 @@ from llm_proxy.grpc.gen import gateway_pb2 as pb
 from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, MockUpstream, standard_config, start_gateway
+from tests.conftest import (
+    Gateway,
+    MockUpstream,
+    add_mock_model,
+    standard_config,
+    start_gateway,
+)
 from tests.pg_support import TcpDoor, database_url, private_schema, with_search_path
 
 CLIENT_KEY = "sk-client-VIRTUAL-0123456789abcdef"
@@ -667,13 +673,7 @@ def test_cancelled_grpc_calls_are_still_recorded(
 ) -> None:
     db = tmp_path / "log.db"
     config = logging_config(mock_upstream, tmp_path)
-    config["providers"]["slow10"] = {
-        "kind": "openai",
-        "base_url": mock_upstream.url + "/v1",
-        "timeout_s": 10,
-        "headers": {"x-mock-delay-ms": "3000"},
-    }
-    config["models"]["slow"] = {"provider": "slow10", "model": "gpt-4o-mini"}
+    add_mock_model(config, mock_upstream, "slow", {"x-mock-delay-ms": "3000"}, timeout_s=10)
     gw = start_gateway(config, tmp_path, grpc=True)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{gw.grpc_port}") as channel:
