@@ -570,9 +570,13 @@ def test_metrics_parse_and_count_the_calls_made(
         assert total(s, "llm_proxy_cost_usd_total") == pytest.approx(
             sum(r["cost_usd"] or 0 for r in stored)
         )
+        # The writer counts a batch after its write commits, so after the rows are visible.
+        written = "llm_proxy_log_records_written_total"
+        wait_for(lambda: total(metrics(gw), written) == 6, what="6 records written")
+        s = metrics(gw)
         assert total(s, "llm_proxy_log_queue_depth") == 0
         assert total(s, "llm_proxy_log_spooled_records") == 0
-        assert total(s, "llm_proxy_log_records_written_total") == 6
+        assert total(s, written) == 6
     finally:
         gw.stop()
 
