@@ -65,6 +65,13 @@ class _Silent(Exception):
     """No byte arrived within the allowed time."""
 
 
+def _waiting_failed(exc: _Silent | _Broken, timeout_s: float) -> GatewayError:
+    """The client's error for a request whose connection went silent or broke."""
+    if isinstance(exc, _Silent):
+        return GatewayError(504, f"upstream timed out after {timeout_s:g} s")
+    return GatewayError(502, f"upstream connection failed: {exc.kind}")
+
+
 Origin = tuple[str, int, bool]
 
 
@@ -389,12 +396,9 @@ class UpstreamClient:
         try:
             while not conn.complete:
                 await conn.wait(deadline - self.loop.time())
-        except _Silent:
+        except (_Silent, _Broken) as exc:
             conn.abort()
-            raise GatewayError(504, f"upstream timed out after {timeout_s:g} s") from None
-        except _Broken as exc:
-            conn.abort()
-            raise GatewayError(502, f"upstream connection failed: {exc.kind}") from None
+            raise _waiting_failed(exc, timeout_s) from None
         except BaseException:
             conn.abort()  # cancelled: the upstream request goes with the connection
             raise
@@ -447,17 +451,14 @@ class UpstreamClient:
                 while not conn.head_done:
                     await conn.wait(deadline - self.loop.time())
                 return conn
-            except _Silent:
-                conn.abort()
-                raise GatewayError(504, f"upstream timed out after {timeout_s:g} s") from None
-            except _Broken as exc:
+            except (_Silent, _Broken) as exc:
                 conn.abort()
                 # A kept-alive connection the server had already closed: try once more on a
                 # new one (nothing of this request reached an answer).
-                if reused and not conn.received:
+                if isinstance(exc, _Broken) and reused and not conn.received:
                     fresh = True
                     continue
-                raise GatewayError(502, f"upstream connection failed: {exc.kind}") from None
+                raise _waiting_failed(exc, timeout_s) from None
             except BaseException:
                 conn.abort()
                 raise
