@@ -120,6 +120,10 @@ class LoggingConfig(_Section):
     retry_interval_s: float = 1.0
     # How often retention (retention_days, max_rows) is enforced; also done at startup.
     purge_interval_s: float = 300.0
+    # The writer thread's CPU priority: `idle` (Linux) writes only when the worker's core has
+    # nothing else to do, so a batch never delays a request; the loop gives it the CPU when the
+    # queue passes a quarter full. `normal` shares the core evenly with the requests.
+    writer_priority: Literal["idle", "normal"] = "idle"
 
     def __post_init__(self) -> None:
         if self.queue_size < 1 or self.batch_size < 1:

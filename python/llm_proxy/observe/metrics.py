@@ -101,6 +101,11 @@ class GatewayMetrics:
             "Log records lost because the queue was full (never silently).",
             registry=r,
         )
+        self.log_writer_yields = Counter(
+            "llm_proxy_log_writer_yields",
+            "Times the event loop stepped aside for a starved idle-priority log writer.",
+            registry=r,
+        )
         self.log_store_errors = Counter(
             "llm_proxy_log_store_errors", "Failed writes or connects to the log store.", registry=r
         )

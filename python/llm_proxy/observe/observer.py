@@ -61,6 +61,7 @@ class CallRecorder:
             retention_days=settings.retention_days,
             max_rows=settings.max_rows,
             purge_interval_s=settings.purge_interval_s,
+            priority=settings.writer_priority,
         )
         self._started = False
 
@@ -130,6 +131,8 @@ class CallRecorder:
             self.prometheus.observe_batch(records)
         except Exception:
             log.exception("could not count %d call(s) in the metrics", len(records))
+        if writer is not None:
+            writer.make_room()
 
     def metrics(self) -> tuple[str, bytes]:
         """(content type, Prometheus text exposition) for GET /metrics."""

@@ -5,28 +5,43 @@ after the response is sent (see observer.py), then appends it to this thread's d
 thread does the rest in batches: the content policy (prompt and completion, redacted or not)
 and the store write. When the store is slow or down, batches go to the local spool and are
 replayed once it answers again.
+
+Where the OS allows it (Linux), the thread runs at idle priority (SCHED_IDLE): it gets the
+CPU only when the event loop and Granian have nothing to do, so a batch write never holds up a
+request that arrives meanwhile (at `normal` priority, a 500-record batch took the worker's core
+for ~8 ms and one-client p99 went from 0.9 to 3.8 ms). When the core is saturated, an idle
+thread gets next to no CPU; once the queue passes its high-water mark, the event loop steps
+aside for up to 2 ms at a time (`make_room`) so the records are written instead of dropped.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from ..calls import Call, Outcome
 from .metrics import GatewayMetrics
 from .record import LogRecord, RecordBuilder, as_row, new_id
 from .spool import Spool
-from .store import LogStore, StoreError, retention_cutoff
+from .store import LogStore, Row, StoreError, retention_cutoff
 
 log = logging.getLogger("llm_proxy.observe")
 
 # Records given their content between two hand-backs of the GIL to the event loop (~0.4 ms of
 # work): holding it for a whole batch makes the loop wait out the 5 ms switch interval, and
 # handing it back after every few records costs a thread switch each time.
-_SLICE = 64
+_SLICE = 8
+
+# The longest the event loop steps aside at a time for a starved idle-priority writer, and
+# the longest it leaves alone a writer that did not use that time (it waits for the store).
+_MAKE_ROOM_S = 0.002
+_ROOM_BACKOFF_S = 0.2
+
+WriterPriority = Literal["idle", "normal"]
 
 # (the record without its content, the call, its outcome, the caller's Authorization value)
 Pending = tuple[LogRecord, Call, Outcome, Any]
@@ -49,6 +64,7 @@ class RecordWriter:
         retention_days: float,
         max_rows: int | None,
         purge_interval_s: float,
+        priority: WriterPriority = "idle",
     ) -> None:
         self.builder = builder
         self.metrics = metrics
@@ -62,9 +78,20 @@ class RecordWriter:
         self.retention_days = retention_days
         self.max_rows = max_rows
         self.purge_interval_s = purge_interval_s
+        self.priority = priority
+        # Past this many queued records a starved idle-priority writer is given the CPU.
+        self.high_water = max(1, queue_size // 4)
+        self.idle = False  # running at idle priority (set by the thread once it is)
+        self.made_room = 0  # times the loop stepped aside for it
         self.dropped = 0
         self.written = 0
         self._wake = threading.Event()
+        self._progress = threading.Event()
+        self._room_wanted = False  # the loop is stepping aside until the queue is this short:
+        self._low_water = self.high_water // 2
+        self._cpu_clock = 0  # the thread's CPU-time clock (set by the thread)
+        self._room_after = 0.0
+        self._room_backoff = 0.0
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._store_up = False
@@ -88,6 +115,36 @@ class RecordWriter:
         if len(queue) == self.batch_size:
             self._wake.set()
 
+    def make_room(self) -> None:
+        """Step aside (block the loop, briefly) while a starved idle-priority writer catches up.
+
+        Called by the loop after it queued records. Does nothing unless the writer is at idle
+        priority and the queue is past its high-water mark. If the writer did not use the CPU
+        it was given, it is waiting for a slow or locked store, not for the CPU (that is what
+        the queue and the spool are for): the loop then leaves it alone for a while.
+        """
+        queue = self.queue
+        if not self.idle or len(queue) < self.high_water:
+            return
+        now = time.monotonic()
+        if now < self._room_after:
+            return
+        clock = self._cpu_clock
+        before = time.clock_gettime(clock)
+        self._progress.clear()
+        self._room_wanted = True
+        self._wake.set()
+        self._progress.wait(_MAKE_ROOM_S)  # until the queue is down to half the mark
+        self._room_wanted = False
+        if time.clock_gettime(clock) - before < _MAKE_ROOM_S / 10:
+            # Waiting for the disk or the store: ask again after 5, 10, 20 ... 200 ms.
+            self._room_backoff = min(_ROOM_BACKOFF_S, max(0.005, self._room_backoff * 2))
+            self._room_after = now + self._room_backoff
+            return
+        self._room_backoff = 0.0
+        self.made_room += 1
+        self.metrics.log_writer_yields.inc()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="llm-proxy-recorder", daemon=True)
         self._thread.start()
@@ -102,6 +159,7 @@ class RecordWriter:
     # -- the thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._lower_priority()
         self._connect()
         while True:
             self._wake.wait(self.flush_interval_s)
@@ -116,11 +174,24 @@ class RecordWriter:
                 break
         self._finish()
 
+    def _lower_priority(self) -> None:
+        if self.priority != "idle" or not hasattr(os, "SCHED_IDLE"):
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
+        except OSError as exc:
+            log.info("log writer stays at normal priority: %s", exc)
+            return
+        self._cpu_clock = time.pthread_getcpuclockid(threading.get_ident())
+        self.idle = True
+
     def _drain(self) -> None:
         queue = self.queue
         builder = self.builder
+        progress = self._progress
         while queue:
             batch: list[LogRecord] = []
+            rows: list[Row] = []
             while queue and len(batch) < self.batch_size:
                 record, call, outcome, auth = queue.popleft()
                 record.id = new_id(record.ts + record.latency_ms / 1000.0)
@@ -129,26 +200,31 @@ class RecordWriter:
                 except Exception:
                     log.exception("could not add the content to the log of %s", call.request_id)
                 batch.append(record)
+                rows.append(as_row(record))
                 if len(batch) % _SLICE == 0:
+                    if self._room_wanted and len(queue) <= self._low_water:
+                        progress.set()
                     time.sleep(0)  # hand the GIL back to the event loop
+            if self._room_wanted and len(queue) <= self._low_water:
+                progress.set()
             self.metrics.queue_depth.set(len(queue))
             if self.store is not None and batch:
-                self._persist(batch)
+                self._persist(batch, rows)
 
-    def _persist(self, batch: list[LogRecord]) -> None:
+    def _persist(self, batch: list[LogRecord], rows: list[Row]) -> None:
         if not self._store_up and time.monotonic() >= self._retry_at:
             self._connect()
         if self._store_up:
             try:
-                self._write(batch)
+                self._write(batch, rows)
                 return
             except StoreError as exc:
                 self._down(exc)
         self._spool(batch)
 
-    def _write(self, batch: list[LogRecord]) -> None:
+    def _write(self, batch: list[LogRecord], rows: list[Row] | None = None) -> None:
         assert self.store is not None
-        self.store.write([as_row(r) for r in batch])
+        self.store.write(rows if rows is not None else [as_row(r) for r in batch])
         self.written += len(batch)
         self._healthy = True
         self.metrics.log_written.inc(len(batch))
