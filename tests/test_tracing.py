@@ -205,7 +205,7 @@ def test_whole_call_continues_the_client_trace_with_a_span_per_stage(
             "tracestate": "vendor=abc",
         },
     )
-    trace = spans.trace_of(request_id, stages=3)
+    trace = spans.trace_of(request_id, stages=4)
     call = trace.call
     assert call.name == "chat gpt-4o-mini"
     assert call.span.kind == Span.SPAN_KIND_SERVER
@@ -229,7 +229,7 @@ def test_whole_call_continues_the_client_trace_with_a_span_per_stage(
     assert "error.type" not in attrs
     assert call.span.status.code != Status.STATUS_CODE_ERROR
 
-    assert trace.stage_names() == ["route", "cache.lookup", "upstream"]
+    assert trace.stage_names() == ["route", "cache.lookup", "upstream", "cache.store"]
     assert_children_of(trace)
     upstream = trace.stage("upstream")
     assert upstream.span.kind == Span.SPAN_KIND_CLIENT
@@ -344,7 +344,7 @@ def test_grpc_call_is_traced_with_door_grpc(gw: Gateway, spans: Collector) -> No
             timeout=10,
         )
     assert reply.request_id == request_id
-    trace = spans.trace_of(request_id, stages=3)
+    trace = spans.trace_of(request_id, stages=4)
     call = trace.call
     assert call.name == "chat mock-1"
     assert call.trace_id == CLIENT_TRACE_ID
@@ -353,7 +353,7 @@ def test_grpc_call_is_traced_with_door_grpc(gw: Gateway, spans: Collector) -> No
     assert call.attributes["gen_ai.system"] == "mock"
     assert call.attributes["llm_proxy.status_code"] == 200
     assert "http.response.status_code" not in call.attributes
-    assert trace.stage_names() == ["route", "cache.lookup", "upstream"]
+    assert trace.stage_names() == ["route", "cache.lookup", "upstream", "cache.store"]
     assert_children_of(trace)
 
 

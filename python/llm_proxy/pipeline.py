@@ -191,7 +191,9 @@ class Pipeline:
                 span.upstream(deployment)
             if cache is not None and ticket is not None:
                 # Calls the provider and queues the cache write.
-                reply = await cache.fill(call, ticket, lambda: provider.complete(call, deployment))
+                reply = await cache.fill(
+                    call, ticket, lambda: provider.complete(call, deployment), span
+                )
             else:
                 reply = await provider.complete(call, deployment)
         except GatewayError as exc:

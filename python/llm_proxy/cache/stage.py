@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import _core
 from ..calls import Call, Reply, StreamSummary
@@ -16,6 +17,9 @@ from ..config import CacheConfig
 from ..errors import GatewayError
 from .entry import CacheBackend, CacheEntry, stream_entry
 from .replay import ReplayStream, entry_usage, replay_events, whole_body
+
+if TYPE_CHECKING:
+    from ..observe.tracing import CallSpan
 
 log = logging.getLogger("llm_proxy.cache")
 
@@ -234,12 +238,19 @@ class ResponseCache:
     # -- fill ------------------------------------------------------------------------------
 
     async def fill(
-        self, call: Call, ticket: CacheTicket, fetch: Callable[[], Awaitable[Reply]]
+        self,
+        call: Call,
+        ticket: CacheTicket,
+        fetch: Callable[[], Awaitable[Reply]],
+        span: CallSpan | None = None,
     ) -> Reply:
-        """Call the upstream for a miss (once for concurrent identical misses) and store."""
+        """Call the upstream for a miss (once for concurrent identical misses) and store.
+
+        The store runs as the call span's `cache.store` stage when tracing is on.
+        """
         if not ticket.coalesce:
             reply = await fetch()
-            self.store_reply(ticket, reply)
+            self.store_reply(ticket, reply, span)
             return reply
         key = ticket.key
         flight = self._inflight.get(key)
@@ -267,14 +278,16 @@ class ResponseCache:
         finally:
             del self._inflight[key]
         flight.set_result(reply)
-        self.store_reply(ticket, reply)
+        self.store_reply(ticket, reply, span)
         return reply
 
     # -- store (off the response path) ------------------------------------------------------
 
-    def store_reply(self, ticket: CacheTicket, reply: Reply) -> None:
+    def store_reply(self, ticket: CacheTicket, reply: Reply, span: CallSpan | None = None) -> None:
         if not ticket.store or reply.status != 200 or len(reply.body) > self.max_bytes:
             return
+        if span is not None:
+            span.stage("cache.store")
         usage = reply.usage
         entry = CacheEntry(
             created=time.time(),
