@@ -103,7 +103,7 @@ class GatewayMetrics:
         )
         self.log_writer_yields = Counter(
             "llm_proxy_log_writer_yields",
-            "Times the event loop stepped aside for a starved idle-priority log writer.",
+            "Times the event loop stepped aside for a log writer that fell behind.",
             registry=r,
         )
         self.log_store_errors = Counter(
