@@ -32,14 +32,18 @@ from ..calls import Call, Outcome
 from .metrics import GatewayMetrics
 from .record import LogRecord, RecordBuilder, as_row, new_id
 from .spool import Spool
+from .sqlite import SMALL_INSERT, SqliteStore
 from .store import LogStore, Row, StoreError, retention_cutoff
 
 log = logging.getLogger("llm_proxy.observe")
 
-# Records given their content between two hand-backs of the GIL to the event loop (~0.4 ms of
-# work): holding it for a whole batch makes the loop wait out the 5 ms switch interval, and
-# handing it back after every few records costs a thread switch each time.
-_SLICE = 8
+# Records given their content between two hand-backs of the GIL to the event loop: ~0.4 ms
+# of work for a normal-priority writer (holding it for a whole batch makes the loop wait out
+# the 5 ms switch interval; handing it back after every few records breaks the batch into
+# many short runs, each one a preemption the loop pays for at low load). An idle-priority
+# writer is preempted anyway, so it hands the GIL back every 8 records (~40 us).
+_SLICE = 64
+_IDLE_SLICE = 8
 
 # The longest the event loop steps aside at a time for a starved writer, and
 # the longest it leaves alone a writer that did not use that time (it waits for the store).
@@ -191,11 +195,14 @@ class RecordWriter:
             log.info("log writer stays at normal priority: %s", exc)
             return
         self.idle = True
+        if isinstance(self.store, SqliteStore):
+            self.store.rows_per_insert = SMALL_INSERT
 
     def _drain(self) -> None:
         queue = self.queue
         builder = self.builder
         progress = self._progress
+        slice_ = _IDLE_SLICE if self.idle else _SLICE
         while queue:
             batch: list[LogRecord] = []
             rows: list[Row] = []
@@ -208,7 +215,7 @@ class RecordWriter:
                     log.exception("could not add the content to the log of %s", call.request_id)
                 batch.append(record)
                 rows.append(as_row(record))
-                if len(batch) % _SLICE == 0:
+                if len(batch) % slice_ == 0:
                     if self._room_wanted and len(queue) <= self._low_water:
                         progress.set()
                     time.sleep(0)  # hand the GIL back to the event loop
