@@ -96,7 +96,8 @@ class RecordWriter:
         self.written = 0
         self._wake = threading.Event()
         self._progress = threading.Event()
-        self._room_wanted = False  # the loop is stepping aside until the queue is this short:
+        # The loop is stepping aside (make_room) until the queue is down to _low_water.
+        self._room_wanted = False
         self._low_water = self.high_water // 2
         self._cpu_clock = 0  # the thread's CPU-time clock (set by the thread)
         self._room_after = 0.0
@@ -128,9 +129,9 @@ class RecordWriter:
         """Step aside (block the loop, briefly) while a starved writer catches up.
 
         Called by the loop after it queued records. Does nothing unless the queue is past its
-        high-water mark. If the writer did not use the CPU
-        it was given, it is waiting for a slow or locked store, not for the CPU (that is what
-        the queue and the spool are for): the loop then leaves it alone for a while.
+        high-water mark. If the writer did not use the CPU it was given, it is waiting for a
+        slow or locked store, not for the CPU (that is what the queue and the spool are for):
+        the loop then leaves it alone for a while.
         """
         queue = self.queue
         if len(queue) < self.high_water or not self._cpu_clock:
@@ -168,7 +169,7 @@ class RecordWriter:
     # -- the thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        self._lower_priority()
+        self._prepare_thread()
         self._connect()
         while True:
             self._wake.wait(self.flush_interval_s)
@@ -183,7 +184,8 @@ class RecordWriter:
                 break
         self._finish()
 
-    def _lower_priority(self) -> None:
+    def _prepare_thread(self) -> None:
+        """Note this thread's CPU clock (for make_room) and set its priority."""
         cpu_clock_of = getattr(time, "pthread_getcpuclockid", None)  # not on every Unix
         if cpu_clock_of is not None:
             self._cpu_clock = cpu_clock_of(threading.get_ident())
