@@ -107,9 +107,7 @@ class PipelineStream:
                 and outcome.status == 200
                 and outcome.summary is not None
             ):
-                if span is not None:
-                    span.stage("cache.store")
-                cache.store_stream(call, self._ticket, kept, outcome.summary)
+                cache.store_stream(call, self._ticket, kept, outcome.summary, span)
             self._recorded = True
             self._pipeline._ended(call, outcome, span)
 

@@ -298,11 +298,18 @@ class ResponseCache:
         self._enqueue((ticket.key, ticket.ttl_s, entry))
 
     def store_stream(
-        self, call: Call, ticket: CacheTicket, events: list[bytes], summary: StreamSummary
+        self,
+        call: Call,
+        ticket: CacheTicket,
+        events: list[bytes],
+        summary: StreamSummary,
+        span: CallSpan | None = None,
     ) -> None:
         """Store a stream that finished whole; the entry is built by the writer."""
         if not ticket.store or not summary.done or summary.error is not None:
             return
+        if span is not None:
+            span.stage("cache.store")
         model = call.deployment.model if call.deployment is not None else call.model
         capture = _StreamCapture(
             events, summary, time.time(), call.endpoint, call.prompt_json, model
