@@ -203,7 +203,6 @@ class RecordWriter:
     def _drain(self) -> None:
         queue = self.queue
         builder = self.builder
-        progress = self._progress
         slice_ = _IDLE_SLICE if self.idle else _SLICE
         while queue:
             batch: list[LogRecord] = []
@@ -218,14 +217,17 @@ class RecordWriter:
                 batch.append(record)
                 rows.append(as_row(record))
                 if len(batch) % slice_ == 0:
-                    if self._room_wanted and len(queue) <= self._low_water:
-                        progress.set()
+                    self._tell_if_caught_up()
                     time.sleep(0)  # hand the GIL back to the event loop
-            if self._room_wanted and len(queue) <= self._low_water:
-                progress.set()
+            self._tell_if_caught_up()
             self.metrics.queue_depth.set(len(queue))
             if self.store is not None and batch:
                 self._persist(batch, rows)
+
+    def _tell_if_caught_up(self) -> None:
+        """End the loop's make_room wait once the queue is down to the low-water mark."""
+        if self._room_wanted and len(self.queue) <= self._low_water:
+            self._progress.set()
 
     def _persist(self, batch: list[LogRecord], rows: list[Row]) -> None:
         if not self._store_up and time.monotonic() >= self._retry_at:
