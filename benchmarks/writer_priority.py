@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 from common import OTHER_CPUS, Served
-from run import BODY, llm_proxy, load, mock, warm
+from run import BODY, llm_proxy, load, mock, summarise, warm
 
 MODES: dict[str, dict[str, Any] | None] = {
     "off": None,
@@ -78,7 +78,7 @@ def main() -> None:
                 for name, gateway in gateways.items():
                     runs[name].append(load(gateway, BODY, clients, args.seconds))
             for name, results in runs.items():
-                median = sorted(results, key=lambda r: r["rps"])[len(results) // 2]
+                median = summarise(results)
                 each = ", ".join(f"{r['p99_ms']:.2f}" for r in results)
                 print(
                     f"| {clients} | {name} | {median['rps']:,.0f} | {median['p50_ms']:.3f} | "
