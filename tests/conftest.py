@@ -210,6 +210,8 @@ def standard_config(upstream: MockUpstream) -> dict[str, Any]:
         ("up400", 3, {"x-mock-status": "400"}),
         ("upslow", 0.5, {"x-mock-delay-ms": "3000"}),
         ("upbroken", 3, {"x-mock-disconnect-after": "3"}),
+        ("upcut", 3, {"x-mock-disconnect-after": "0"}),
+        ("uphang", 30, {"x-mock-hang": "1"}),
         ("upgarbage", 3, {"x-mock-malformed": "1"}),
         ("updrip", 5, {"x-mock-chunks": "40", "x-mock-chunk-delay-ms": "50"}),
     ):

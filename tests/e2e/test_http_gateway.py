@@ -256,6 +256,32 @@ def test_stream_failing_midway_ends_with_an_error_event(client: openai.OpenAI, m
     assert "upstream" in str(err.value.message)
 
 
+def test_stream_failing_before_its_first_event_is_an_http_error(gateway: Gateway) -> None:
+    """No event reached the client yet: the failure is the response's status, as for a whole
+    answer (the SDK raises at `create`), not a 200 with an error event."""
+    client = openai.OpenAI(base_url=gateway.base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="upcut", messages=MESSAGES, stream=True)
+    assert err.value.status_code == 502
+    assert "upstream" in err.value.message
+    assert err.value.response.headers["x-request-id"]
+    body = err.value.response.json()
+    assert body["error"]["type"] and "Traceback" not in err.value.response.text
+
+
+def test_stream_failing_after_its_first_event_ends_with_an_error_event(
+    client: openai.OpenAI,
+) -> None:
+    stream = client.chat.completions.create(model="upbroken", messages=MESSAGES, stream=True)
+    assert stream.response.status_code == 200
+    got = []
+    with pytest.raises(openai.APIError) as err:
+        for chunk in stream:
+            got.append(chunk)
+    assert got, "the events before the failure reach the client"
+    assert "upstream" in str(err.value.message)
+
+
 BAD_INPUTS = [
     ("truncated json", b'{"model": "gpt-4o-mini", "messages": [', "application/json", 400),
     ("not an object", b"[1, 2]", "application/json", 400),

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Gateway, MockUpstream, standard_config, start_gateway
 
@@ -40,6 +42,35 @@ def test_client_disconnect_mid_stream_closes_the_upstream_connection(
         lambda: mock_upstream.stats()["streams_aborted"] > before["streams_aborted"], 1.5
     ), mock_upstream.stats()
     assert _wait_for(lambda: mock_upstream.stats()["active_streams"] == 0, 2.0)
+
+
+def _requests_with_status(gateway: Gateway, status: str) -> float:
+    families = text_string_to_metric_families(httpx.get(gateway.url + "/metrics").text)
+    return sum(
+        sample.value
+        for family in families
+        if family.name == "llm_proxy_requests"
+        for sample in family.samples
+        if sample.name == "llm_proxy_requests_total" and sample.labels["status"] == status
+    )
+
+
+def test_client_leaving_before_the_upstream_answers_closes_the_upstream(
+    gateway: Gateway, mock_upstream: MockUpstream
+) -> None:
+    """The upstream hangs (a model slow to its first token); the client gives up after 0.5 s.
+
+    The gateway must drop the upstream then, not at its own 30 s timeout, and log a 499.
+    """
+    hanging = mock_upstream.stats()["hangs_open"]
+    left = _requests_with_status(gateway, "499")
+    body = {"model": "uphang", "messages": MESSAGES, "stream": True}
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=0.5) as http:
+        http.post(gateway.base_url + "/chat/completions", json=body)
+    assert _wait_for(lambda: _requests_with_status(gateway, "499") == left + 1, 3.0)
+    assert _wait_for(lambda: mock_upstream.stats()["hangs_open"] == hanging, 2.0), (
+        mock_upstream.stats()
+    )
 
 
 def test_sigterm_lets_an_inflight_stream_finish(

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -41,6 +41,9 @@ _SSE_HEADERS = [
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
 ]
+
+# How long a stream runs before the gateway watches for its client leaving.
+_WATCH_AFTER_S = 0.1
 
 Handler = Callable[[Scope, HTTPProtocol, str], Coroutine[Any, Any, None]]
 
@@ -198,44 +201,75 @@ class GatewayApp:
         proto.response_bytes(reply.status, headers, reply.body)
 
     async def _stream(self, call: Call, proto: HTTPProtocol) -> None:
-        stream = await self.pipeline.stream(call)
-        headers = [
-            *_SSE_HEADERS,
-            ("x-request-id", call.request_id),
-            ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-            *_cache_headers(call),
-            *stream.headers,
-        ]
-        transport = proto.response_stream(200, headers)
-        # The pump runs in this task; the client leaving cancels it, which closes the upstream.
+        # The client leaving cancels this task, which closes the upstream. The watch on the
+        # client's connection starts once the stream has run _WATCH_AFTER_S (a slow upstream,
+        # a long wait for the first token): starting it is a hand-over to the server's I/O
+        # thread, which most short streams never need (a client that left is also noticed at
+        # the next write).
         task = asyncio.current_task()
         assert task is not None
-        gone = asyncio.ensure_future(proto.client_disconnect())
-        left = pumping = False
+        gone: asyncio.Future[Any] | None = None
+        left = watching = False
 
         def client_left(_: object) -> None:
             nonlocal left
-            if pumping and not gone.cancelled():
+            if watching and gone is not None and not gone.cancelled():
                 left = True
                 task.cancel()
 
-        gone.add_done_callback(client_left)
-        pumping = True
+        def watch() -> None:
+            nonlocal gone
+            if watching:
+                gone = asyncio.ensure_future(proto.client_disconnect())
+                gone.add_done_callback(client_left)
+
+        watching = True
+        timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, watch)
+        stream: PipelineStream | None = None
+        events: AsyncGenerator[bytes, None] | None = None
         try:
-            await self._pump(stream, transport)
+            stream = await self.pipeline.stream(call)
+            events = stream.__aiter__()
+            # The response starts with the first event, not before: an upstream that fails
+            # before it gets its HTTP error status.
+            first = await _first_event(events, call.request_id)
+            headers = [
+                *_SSE_HEADERS,
+                ("x-request-id", call.request_id),
+                ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
+                *_cache_headers(call),
+                *stream.headers,
+            ]
+            transport = proto.response_stream(200, headers)
+            await self._pump(events, first, transport, call.request_id)
         except asyncio.CancelledError:
             if not left:
                 raise
+            # The call is logged as the client's (499); nobody is left to read an answer.
             task.uncancel()
-            await stream.aclose()
+            if events is not None:
+                await events.aclose()
+            if stream is not None:
+                await stream.aclose()
         finally:
-            pumping = False
-            gone.remove_done_callback(client_left)
-            gone.cancel()
+            watching = False
+            timer.cancel()
+            if gone is not None:
+                gone.remove_done_callback(client_left)
+                gone.cancel()
 
-    async def _pump(self, stream: PipelineStream, transport: Any) -> None:
-        async with contextlib.aclosing(stream.__aiter__()) as events:
+    async def _pump(
+        self,
+        events: AsyncGenerator[bytes, None],
+        first: bytes | None,
+        transport: Any,
+        request_id: str,
+    ) -> None:
+        async with contextlib.aclosing(events):
             try:
+                if first is None:
+                    return
+                await transport.send_bytes(first)
                 async for event in events:
                     await transport.send_bytes(event)
             except GatewayError as exc:
@@ -244,9 +278,22 @@ class GatewayApp:
             except (ProtocolClosed, ProtocolError):
                 pass  # the client left; closing `events` closes the upstream
             except Exception:
-                log.exception("stream %s failed", stream.request_id)
+                log.exception("stream %s failed", request_id)
                 with contextlib.suppress(ProtocolClosed, ProtocolError):
                     await transport.send_bytes(GatewayError(502, "stream failed").sse_event())
+
+
+async def _first_event(events: AsyncGenerator[bytes, None], request_id: str) -> bytes | None:
+    """The stream's first event (None if it has none); its failure is the response's error."""
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        return None
+    except GatewayError:
+        raise
+    except Exception:
+        log.exception("stream %s failed", request_id)
+        raise GatewayError(502, "stream failed") from None
 
 
 def create_app() -> GatewayApp:
