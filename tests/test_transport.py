@@ -263,6 +263,73 @@ def test_cancelled_request_closes_its_connection() -> None:
     assert run(answer(b""), body) is True
 
 
+def test_cancelled_read_of_an_error_body_closes_its_connection() -> None:
+    """The client leaves while the upstream's error answer is still arriving: the connection
+    must be dropped, not left open and counted against the pool."""
+
+    async def body(client: UpstreamClient, url: str) -> bool:
+        gone = asyncio.get_running_loop().create_future()
+
+        async def half_error(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 100\r\n\r\n{")
+            await writer.drain()
+            await reader.read()  # returns at EOF: the client closed the connection
+            gone.set_result(True)
+
+        server = await asyncio.start_server(half_error, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upstream = await client.post_stream(f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}", 30)
+        assert upstream.status == 500
+        task = asyncio.create_task(upstream.read())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        result = await asyncio.wait_for(gone, 2)
+        server.close()
+        return bool(result)
+
+    assert run(answer(b""), body) is True
+
+
+def test_a_woken_pool_waiter_that_is_cancelled_passes_the_connection_on() -> None:
+    """Two requests wait for the one connection; the first to be woken is cancelled (its
+    client left) before it runs: the other must get the connection, not wait out its timeout."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await read_request(reader)
+                await asyncio.sleep(0.1)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def body(client: UpstreamClient, url: str) -> bytes:
+        first = asyncio.create_task(client.post(url, HEADERS, b"{}", 3))
+        await asyncio.sleep(0.05)
+        woken = asyncio.create_task(client.post(url, HEADERS, b"{}", 3))
+        await asyncio.sleep(0.01)
+        other = asyncio.create_task(client.post(url, HEADERS, b"{}", 3))
+        await asyncio.sleep(0.01)
+        wake_one = client._wake_one
+
+        def wake_then_cancel() -> None:
+            wake_one()
+            woken.cancel()  # in the same loop turn, before the woken request runs
+
+        client._wake_one = wake_then_cancel  # type: ignore[method-assign]
+        assert (await first).status == 200
+        client._wake_one = wake_one  # type: ignore[method-assign]
+        with pytest.raises(asyncio.CancelledError):
+            await woken
+        return (await other).body
+
+    assert run(handler, body, max_connections=1) == b"ok"
+
+
 # -- TLS (every hosted provider is https) --------------------------------------------------
 
 

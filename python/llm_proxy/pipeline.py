@@ -96,6 +96,11 @@ class PipelineStream:
         except GatewayError as exc:
             outcome = Outcome(exc.status, exc.type, exc.message)
             raise
+        except Exception:
+            # A bug, not the client leaving (that is CancelledError or GeneratorExit): the
+            # front door answers it as a failed stream, and the record says so.
+            outcome = Outcome(502, "api_error", "stream failed")
+            raise
         finally:
             await self._inner.aclose()
             outcome.summary = self._inner.summary()

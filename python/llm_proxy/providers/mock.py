@@ -52,7 +52,9 @@ class MockStream:
             yield _event({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
         for piece in mocktext.split_chunks(text, config.chunks):
             if config.chunk_delay_ms:
+                started = time.perf_counter()
                 await asyncio.sleep(config.chunk_delay_ms / 1000.0)
+                call.upstream_s += time.perf_counter() - started  # the model's time, not ours
             choice = (
                 {"index": 0, "delta": {"content": piece}, "finish_reason": None}
                 if chat

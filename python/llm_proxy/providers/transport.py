@@ -323,6 +323,9 @@ class UpstreamStream:
         except (_Silent, _Broken):
             self.release()
             return b""
+        except BaseException:
+            self.release()  # cancelled (the client left): drop the unfinished answer
+            raise
         data = conn.take()
         if self._decoder is not None:
             try:
@@ -502,6 +505,11 @@ class UpstreamClient:
                 raise GatewayError(
                     504, f"no upstream connection free within the timeout ({origin[0]})"
                 ) from None
+            except BaseException:
+                # Cancelled (the client left) after being woken: pass the free slot on.
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._wake_one()
+                raise
             finally:
                 timer.cancel()
 
