@@ -240,57 +240,53 @@ def test_pool_limit_queues_requests_instead_of_failing() -> None:
     assert peak == 2
 
 
-def test_cancelled_request_closes_its_connection() -> None:
+def closed_when_cancelled(
+    reply: bytes, start: Callable[[UpstreamClient, str], Awaitable[Awaitable[Any]]]
+) -> bool:
+    """`start` gets the client as far as it should go and returns what to cancel; the server
+    answers `reply` (if any), then waits. True once it sees the connection closed."""
+    closed: asyncio.Future[bool] | None = None
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if reply:
+            writer.write(reply)
+            await writer.drain()
+        await reader.read()  # returns at EOF: the client closed the connection
+        assert closed is not None
+        closed.set_result(True)
+
     async def body(client: UpstreamClient, url: str) -> bool:
-        gone = asyncio.get_running_loop().create_future()
-
-        async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            await reader.read()  # returns at EOF: the client closed the connection
-            gone.set_result(True)
-
-        server = await asyncio.start_server(hang, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        task = asyncio.create_task(client.post(f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}", 5))
+        nonlocal closed
+        closed = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(await start(client, url))
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        result = await asyncio.wait_for(gone, 2)
-        server.close()
-        return bool(result)
+        return await asyncio.wait_for(closed, 2)
 
-    assert run(answer(b""), body) is True
+    return bool(run(handler, body))
+
+
+def test_cancelled_request_closes_its_connection() -> None:
+    async def start(client: UpstreamClient, url: str) -> Awaitable[Any]:
+        return client.post(url, HEADERS, b"{}", 5)
+
+    assert closed_when_cancelled(b"", start) is True
 
 
 def test_cancelled_read_of_an_error_body_closes_its_connection() -> None:
     """The client leaves while the upstream's error answer is still arriving: the connection
     must be dropped, not left open and counted against the pool."""
 
-    async def body(client: UpstreamClient, url: str) -> bool:
-        gone = asyncio.get_running_loop().create_future()
-
-        async def half_error(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 100\r\n\r\n{")
-            await writer.drain()
-            await reader.read()  # returns at EOF: the client closed the connection
-            gone.set_result(True)
-
-        server = await asyncio.start_server(half_error, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        upstream = await client.post_stream(f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}", 30)
+    async def start(client: UpstreamClient, url: str) -> Awaitable[Any]:
+        upstream = await client.post_stream(url, HEADERS, b"{}", 30)
         assert upstream.status == 500
-        task = asyncio.create_task(upstream.read())
-        await asyncio.sleep(0.1)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        result = await asyncio.wait_for(gone, 2)
-        server.close()
-        return bool(result)
+        return upstream.read()
 
-    assert run(answer(b""), body) is True
+    half_error = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 100\r\n\r\n{"
+    assert closed_when_cancelled(half_error, start) is True
 
 
 def test_a_woken_pool_waiter_that_is_cancelled_passes_the_connection_on() -> None:

@@ -226,7 +226,6 @@ class GatewayApp:
         watching = True
         timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, watch)
         stream: PipelineStream | None = None
-        events: AsyncGenerator[bytes, None] | None = None
         try:
             stream = await self.pipeline.stream(call)
             events = stream.__aiter__()
@@ -245,10 +244,10 @@ class GatewayApp:
         except asyncio.CancelledError:
             if not left:
                 raise
-            # The call is logged as the client's (499); nobody is left to read an answer.
+            # The call is logged as the client's (499); nobody is left to read an answer. A
+            # started `events` has already ended (the cancellation ran through it, or _pump
+            # closed it); `stream.aclose` records a stream that never started.
             task.uncancel()
-            if events is not None:
-                await events.aclose()
             if stream is not None:
                 await stream.aclose()
         finally:
