@@ -1,0 +1,37 @@
+"""The RSGI worker's start and stop hooks, run in-process on a real uvloop loop."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import uvloop
+from llm_proxy.config import load_config
+from llm_proxy.http.app import GatewayApp
+
+
+def test_worker_start_freezes_what_it_built_for_the_garbage_collector(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "server: {grpc_port: 0}\n"
+        "providers: {up: {kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key: sk-x}}\n"
+        "models: {m: {provider: up, model: m}}\n"
+        "logging: {enabled: false}\n"
+    )
+    app = GatewayApp(load_config(str(path)))
+    loop = uvloop.new_event_loop()
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        app.__rsgi_init__(loop)
+        # The app, its pipeline and every module loaded so far are no longer walked by the
+        # collector (frozen objects are in no generation); what requests make later still is.
+        assert gc.get_freeze_count() > 1000
+        walked = {id(o) for o in gc.get_objects()}
+        assert id(app.pipeline) not in walked and id(app.observer) not in walked
+        later: list[object] = [app.pipeline]
+        assert any(o is later for o in gc.get_objects(generation=0))
+    finally:
+        gc.unfreeze()
+        app.__rsgi_del__(loop)
+        loop.close()
