@@ -1,5 +1,8 @@
 """A minimal Granian RSGI proxy used to compare upstream HTTP clients on equal terms.
 
+`make bench` runs it with the gateway's own client as a floor: one hop through Granian and
+nothing else (with `"stream": true` in the body it relays the answer's bytes as they come).
+
 UPSTREAM (base URL) and CLIENT (aiohttp | httpx | llm-proxy, the gateway's own transport) come
 from the environment.
 """
@@ -13,6 +16,7 @@ from typing import Any
 UPSTREAM = os.environ.get("UPSTREAM", "http://127.0.0.1:8090") + "/v1/chat/completions"
 CLIENT = os.environ.get("CLIENT", "aiohttp")
 HEADERS = {"content-type": "application/json"}
+SSE = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")]
 
 
 class App:
@@ -41,6 +45,16 @@ class App:
 
     async def __call__(self, scope: Any, proto: Any) -> None:
         body = await proto()
+        if CLIENT == "llm-proxy" and b'"stream": true' in body:
+            # Relays the upstream's bytes as they come: no SSE parsing, no first-event wait.
+            stream = await self.session.post_stream(UPSTREAM, HEADERS, body, 60.0)
+            try:
+                transport = proto.response_stream(stream.status, SSE)
+                async for chunk in stream.chunks():
+                    await transport.send_bytes(chunk)
+            finally:
+                stream.close()
+            return
         if CLIENT == "llm-proxy":
             answer = await self.session.post(UPSTREAM, HEADERS, body, 60.0)
             proto.response_bytes(answer.status, [("content-type", "application/json")], answer.body)

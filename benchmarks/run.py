@@ -205,7 +205,7 @@ def stream_ttfb(targets: dict[str, Served], runs: int, n: int) -> dict[str, dict
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
     for _ in range(runs):
         for name, target in targets.items():
-            count = n if name in (DIRECT, GATEWAY) else max(20, n // 4)
+            count = n if name in (DIRECT, GATEWAY, PROXY_FLOOR) else max(20, n // 4)
             samples[name].append(stream_latency(target.url, count))
     for name, runs_ in samples.items():
         ttfb = [a for a, _ in runs_]
@@ -442,7 +442,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         _log("streaming: time to first byte, one client")
         sc["stream_ttfb"] = stream_ttfb(
-            targets, runs if args.quick else max(runs, 5), 40 if args.quick else 200
+            {**targets, PROXY_FLOOR: hop},
+            runs if args.quick else max(runs, 5),
+            40 if args.quick else 200,
         )
         _log("streaming: 64 clients")
         sc["stream_64"] = rounds(
