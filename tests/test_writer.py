@@ -132,3 +132,33 @@ def test_writer_priority_is_checked_in_the_config(tmp_path: Path) -> None:
     path.write_text("logging: {writer_priority: realtime}\n")
     with pytest.raises(ConfigError, match="writer_priority"):
         load_config(str(path))
+
+
+def test_sqlite_store_binds_none_as_null_and_bools_as_integers(tmp_path: Path) -> None:
+    # The store registers sqlite3 adapters for None and bool (a faster bind); the stored
+    # values must be exactly what sqlite3 stores without them.
+    writer = make_writer(tmp_path, "normal")
+    writer._connect()
+    for i in range(2):
+        call = Call(request_id=f"r{i}", door="http", endpoint="chat", body=PROMPT, model="m")
+        call.deployment = Deployment("gpt-4o-mini", "up", "gpt-4o-mini")
+        call.prompt_json = b'[{"role":"user","content":"Say hello"}]'
+        outcome = Outcome(200, response_body=ANSWER)  # no usage read: tokens are counted
+        record = writer.builder.build(call, outcome, time.time(), 0.001, None)
+        writer.submit((record, call, outcome, None))
+    writer._drain()
+    with sqlite3.connect(tmp_path / "log.db") as conn:
+        rows = conn.execute(
+            "SELECT typeof(key_id), key_id, typeof(ttft_ms), typeof(stream), stream, "
+            "typeof(tokens_counted), tokens_counted, typeof(status), typeof(prompt) "
+            "FROM requests"
+        ).fetchall()
+        conn.execute("CREATE TABLE t (a, b, c)")
+        conn.execute("INSERT INTO t VALUES (?, ?, ?)", (None, True, False))
+        assert conn.execute("SELECT typeof(a), b, typeof(b), c FROM t").fetchone() == (
+            "null",
+            1,
+            "integer",
+            0,
+        )
+    assert rows == [("null", None, "null", "integer", 0, "integer", 1, "integer", "text")] * 2
