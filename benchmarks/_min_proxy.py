@@ -1,7 +1,8 @@
 """A minimal Granian RSGI proxy used to compare upstream HTTP clients on equal terms.
 
-`make bench` runs it with the gateway's own client as a floor: one hop through Granian and
-nothing else (with `"stream": true` in the body it relays the answer's bytes as they come).
+`make bench` runs it with CLIENT=llm-proxy (the gateway's own client) as a floor: one hop
+through Granian and nothing else; a body with `"stream": true` has its answer relayed as the
+bytes come. Like the gateway, it freezes what it built at startup for the garbage collector.
 
 UPSTREAM (base URL) and CLIENT (aiohttp | httpx | llm-proxy, the gateway's own transport) come
 from the environment.
@@ -10,6 +11,7 @@ from the environment.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -42,10 +44,12 @@ class App:
             return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
 
         self.session = loop.run_until_complete(make())
+        gc.collect()
+        gc.freeze()
 
     async def __call__(self, scope: Any, proto: Any) -> None:
         body = await proto()
-        if CLIENT == "llm-proxy" and b'"stream": true' in body:
+        if CLIENT == "llm-proxy" and (b'"stream": true' in body or b'"stream":true' in body):
             # Relays the upstream's bytes as they come: no SSE parsing, no first-event wait.
             stream = await self.session.post_stream(UPSTREAM, HEADERS, body, 60.0)
             try:

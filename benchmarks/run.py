@@ -58,7 +58,8 @@ GATEWAY = "llm-proxy"
 DIRECT = "direct"
 FLOOR = "granian no-op"
 # Granian plus the gateway's upstream client and nothing else (`_min_proxy.py`): what one HTTP
-# hop through any Python proxy on Granian costs on this machine, before the gateway's features.
+# hop through a bare Python proxy on Granian costs on this machine, before the gateway's own
+# work.
 PROXY_FLOOR = "minimal proxy"
 # The same gateway with logging at its default, `full` (content kept), into SQLite (issue 6).
 LOGGED = "llm-proxy, logging full"
@@ -434,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"{clients} client(s): {', '.join(targets)}")
             sc[f"clients_{clients}"] = rounds(
                 {**targets, FLOOR: floor, PROXY_FLOOR: hop, LOGGED: logged},
-                # One client's rounds are short and its figures the noisiest: at least 5.
+                # One client's rounds have the fewest requests and the noisiest figures: >= 5.
                 runs if clients > 1 or args.quick else max(runs, 5),
                 lambda name, t, c=clients: load(
                     t, BODY, c, seconds, timeout_s=0 if name != "litellm" else 30
@@ -575,15 +576,15 @@ def capacity_figures(r: dict[str, Any]) -> dict[str, Any]:
         return max(present) if present else None
 
     # What full logging into SQLite adds to a request's CPU: same scenarios, same rounds.
-    added = []
+    logging_cpu = []
     for key in ("clients_16", "clients_64"):
         logged, plain = (
             _get(sc, key, LOGGED, "cpu_us_per_request"),
             _get(sc, key, GATEWAY, "cpu_us_per_request"),
         )
         if logged and plain:
-            added.append(logged - plain)
-    logging_full = max(0.0, max(added)) if added else None
+            logging_cpu.append(logged - plain)
+    logging_full = max(0.0, max(logging_cpu)) if logging_cpu else None
 
     return {
         "cpu_us_per_request": {
@@ -636,7 +637,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{m['cores']} cores ({m['cpu']}), Python {m['python']}, git {m['git_rev']}. Gateway "
         f"(and each peer) pinned to core {m['gateway_cpu']}; wrk and the mock upstream on "
         f"{','.join(map(str, m['load_cpus']))}. {m['runs']} run(s) of {m['seconds']:g} s per "
-        f"scenario (at least 5 for one client and for streams' first byte), median run "
+        f"scenario ({len(sc['clients_1'][DIRECT].get('runs', []))} for one client, "
+        f"{len(sc['stream_ttfb'][DIRECT].get('runs', []))} for streams' first byte), median run "
         "shown, spread = (max-min)/median of requests/s; added = the median over the rounds of "
         f"(target minus direct in the same round). Load average "
         f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end{steal}. "

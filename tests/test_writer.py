@@ -137,6 +137,8 @@ def test_writer_priority_is_checked_in_the_config(tmp_path: Path) -> None:
 def test_sqlite_store_binds_none_as_null_and_bools_as_integers(tmp_path: Path) -> None:
     # The store registers sqlite3 adapters for None and bool (a faster bind); the stored
     # values must be exactly what sqlite3 stores without them.
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    assert (bool, sqlite3.PrepareProtocol) in sqlite3.adapters
     writer = make_writer(tmp_path, "normal")
     writer._connect()
     for i in range(2):
@@ -147,7 +149,10 @@ def test_sqlite_store_binds_none_as_null_and_bools_as_integers(tmp_path: Path) -
         record = writer.builder.build(call, outcome, time.time(), 0.001, None)
         writer.submit((record, call, outcome, None))
     writer._drain()
-    with sqlite3.connect(tmp_path / "log.db") as conn:
+    assert writer.store is not None
+    writer.store.close()
+    conn = sqlite3.connect(tmp_path / "log.db")
+    try:
         rows = conn.execute(
             "SELECT typeof(key_id), key_id, typeof(ttft_ms), typeof(stream), stream, "
             "typeof(tokens_counted), tokens_counted, typeof(status), typeof(prompt) "
@@ -161,4 +166,6 @@ def test_sqlite_store_binds_none_as_null_and_bools_as_integers(tmp_path: Path) -
             "integer",
             0,
         )
+    finally:
+        conn.close()
     assert rows == [("null", None, "null", "integer", 0, "integer", 1, "integer", "text")] * 2

@@ -26,11 +26,11 @@ SMALL_INSERT = 64 if sqlite3.sqlite_version_info >= (3, 32, 0) else 30
 
 
 # sqlite3 "adapts" every parameter that is not exactly an int, float, str or bytearray. With
-# no adapter registered for its type, that means raising and clearing an AttributeError
-# (`PrepareProtocol.__adapt__`) for each None and bool: ~3,300 instructions a value, and a
-# log row has 8-12 of them (a third of its insert). A registered adapter is one dict lookup
-# and a C call. Both give what sqlite3 binds without them: None -> NULL (`{}.get(None)` is
-# None), a bool -> 0 or 1. Process-wide, like every sqlite3 adapter.
+# no adapter registered for its type, on Python 3.11 that means raising and clearing an
+# AttributeError (`PrepareProtocol.__adapt__`) for each None and bool: ~3,300 instructions a
+# value, and a log row has 8-12 of them (a third of its insert). A registered adapter is one
+# dict lookup and a C call. Both give what sqlite3 binds without them: None -> NULL
+# (`{}.get(None)` is None), a bool -> 0 or 1. Process-wide, like every sqlite3 adapter.
 sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
 sqlite3.register_adapter(bool, int)
 
