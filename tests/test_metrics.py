@@ -43,12 +43,17 @@ def record(i: int, **kw: object) -> LogRecord:
     return LogRecord(**fields)  # type: ignore[arg-type]
 
 
-def test_loop_metrics_expose_what_prometheus_client_metrics_would() -> None:
+def test_loop_metrics_expose_what_prometheus_client_metrics_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (prometheus-client picks its own storage when first imported: run without the
+    # multiprocess directory set)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     metrics = GatewayMetrics()
     assert not metrics.multiprocess
     records = [record(i) for i in range(40)]
     records += [
-        record(40, status=502, error_type="upstream_error"),
+        record(40, status=502, error_type="upstream_error", prompt_tokens=-5, cost_usd=-1.0),
         record(41, status=499),
         record(42, ttft_ms=12.0, stream=True),
         record(43, ttft_ms=0.5, stream=True, provider=None, status=400),
@@ -106,11 +111,12 @@ def test_loop_metrics_expose_what_prometheus_client_metrics_would() -> None:
             up.observe(rec.upstream_ms / 1000)
         if rec.ttft_ms is not None:
             first.observe(rec.ttft_ms / 1000)
-        if rec.prompt_tokens:
+        # (an upstream reporting negative usage is not counted: counters only go up)
+        if rec.prompt_tokens and rec.prompt_tokens > 0:
             tokens.labels(rec.model, provider, "prompt").inc(rec.prompt_tokens)
-        if rec.completion_tokens:
+        if rec.completion_tokens and rec.completion_tokens > 0:
             tokens.labels(rec.model, provider, "completion").inc(rec.completion_tokens)
-        if rec.cost_usd:
+        if rec.cost_usd and rec.cost_usd > 0:
             cost.labels(rec.model, provider).inc(rec.cost_usd)
         if rec.cache_status == "hit":
             hits.labels(rec.model).inc()
@@ -119,9 +125,15 @@ def test_loop_metrics_expose_what_prometheus_client_metrics_would() -> None:
         if rec.status >= 400 and rec.status != 499 and rec.provider is not None:
             errors.labels(provider, rec.error_type or "error", rec.status).inc()
 
-    want = samples(generate_latest(r))
+    text = metrics.exposition()[1]
+    reference = generate_latest(r)
+    types = {f.name: f.type for f in text_string_to_metric_families(text.decode())}
+    for family in text_string_to_metric_families(reference.decode()):
+        if not family.name.endswith("_created"):
+            assert types[family.name] == family.type, family.name
+    want = samples(reference)
     names = {name for name, _ in want}
-    ours = {k: v for k, v in samples(metrics.exposition()[1]).items() if k[0] in names}
+    ours = {k: v for k, v in samples(text).items() if k[0] in names}
     assert ours.keys() == want.keys()
     for key, value in want.items():
         assert ours[key] == pytest.approx(value), key
