@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,26 +102,25 @@ def llm_proxy(upstream: str, tmp: Path, grpc_port: int = 0, **sections: Any) -> 
 
 
 @contextmanager
-def granian_floor() -> Iterator[Served]:
-    """A do-nothing Granian RSGI app (`_noop_app.py`) on the gateway's core: the floor."""
+def granian_app(app: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """A Granian RSGI app from benchmarks/ (`module:attr`) on the gateway's core."""
     port = free_port()
     cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "granian", "--interface", "rsgi"]
-    cmd += ["--loop", "uvloop", "--port", str(port), "--no-access-log", "_noop_app:app"]
+    cmd += ["--loop", "uvloop", "--port", str(port), "--no-access-log", app]
     url = f"http://127.0.0.1:{port}"
-    with served(cmd, url + "/", url, cwd=str(HERE)) as proc:
-        yield proc
-
-
-@contextmanager
-def proxy_floor(upstream: str) -> Iterator[Served]:
-    """`_min_proxy.py` with the gateway's own upstream client, on the gateway's core."""
-    port = free_port()
-    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "granian", "--interface", "rsgi"]
-    cmd += ["--loop", "uvloop", "--port", str(port), "--no-access-log", "_min_proxy:app"]
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "UPSTREAM": upstream, "CLIENT": "llm-proxy"}
     with served(cmd, url + "/", url, cwd=str(HERE), env=env) as proc:
         yield proc
+
+
+def granian_floor() -> AbstractContextManager[Served]:
+    """A do-nothing Granian RSGI app (`_noop_app.py`): the floor."""
+    return granian_app("_noop_app:app")
+
+
+def proxy_floor(upstream: str) -> AbstractContextManager[Served]:
+    """`_min_proxy.py` with the gateway's own upstream client."""
+    env = {**os.environ, "UPSTREAM": upstream, "CLIENT": "llm-proxy"}
+    return granian_app("_min_proxy:app", env)
 
 
 @contextmanager
