@@ -285,9 +285,8 @@ class GatewayApp:
             except (ProtocolClosed, ProtocolError):
                 pass  # the client left; closing `events` closes the upstream
             except Exception:
-                log.exception("stream %s failed", request_id)
                 with contextlib.suppress(ProtocolClosed, ProtocolError):
-                    await transport.send_bytes(GatewayError(502, "stream failed").sse_event())
+                    await transport.send_bytes(_stream_failed(request_id).sse_event())
 
 
 async def _first_event(events: AsyncGenerator[bytes, None], request_id: str) -> bytes | None:
@@ -299,8 +298,14 @@ async def _first_event(events: AsyncGenerator[bytes, None], request_id: str) -> 
     except GatewayError:
         raise
     except Exception:
-        log.exception("stream %s failed", request_id)
-        raise GatewayError(502, "stream failed") from None
+        raise _stream_failed(request_id) from None
+
+
+def _stream_failed(request_id: str) -> GatewayError:
+    """A stream broken by a bug: logged with its traceback (call inside the `except`), answered
+    as a 502 (an HTTP error before the first event, an SSE error event after it)."""
+    log.exception("stream %s failed", request_id)
+    return GatewayError(502, "stream failed")
 
 
 def create_app() -> GatewayApp:
