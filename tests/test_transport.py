@@ -214,30 +214,37 @@ def test_stream_reads_until_the_end_and_goes_back_to_the_pool() -> None:
     assert run(answer(raw, requests=2), body) == [b"data: one\n\n"] * 2
 
 
-def test_pool_limit_queues_requests_instead_of_failing() -> None:
-    open_now = peak = 0
+class SlowOk:
+    """A server that answers every request on a connection `ok` after `delay_s`, and counts
+    the connections open at once."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal open_now, peak
-        open_now += 1
-        peak = max(peak, open_now)
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.open_now = self.peak = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open_now += 1
+        self.peak = max(self.peak, self.open_now)
         try:
             while True:
                 await read_request(reader)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(self.delay_s)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
         finally:
-            open_now -= 1
+            self.open_now -= 1
 
+
+def test_pool_limit_queues_requests_instead_of_failing() -> None:
     async def body(client: UpstreamClient, url: str) -> list[Any]:
         return await asyncio.gather(*(client.post(url, HEADERS, b"{}", 5) for _ in range(6)))
 
-    answers = run(handler, body, max_connections=2)
+    server = SlowOk(0.01)
+    answers = run(server, body, max_connections=2)
     assert [a.body for a in answers] == [b"ok"] * 6
-    assert peak == 2
+    assert server.peak == 2
 
 
 def closed_when_cancelled(
@@ -293,16 +300,6 @@ def test_a_woken_pool_waiter_that_is_cancelled_passes_the_connection_on() -> Non
     """Two requests wait for the one connection; the first to be woken is cancelled (its
     client left) before it runs: the other must get the connection, not wait out its timeout."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await read_request(reader)
-                await asyncio.sleep(0.1)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
     async def body(client: UpstreamClient, url: str) -> bytes:
         first = asyncio.create_task(client.post(url, HEADERS, b"{}", 3))
         await asyncio.sleep(0.05)
@@ -323,7 +320,7 @@ def test_a_woken_pool_waiter_that_is_cancelled_passes_the_connection_on() -> Non
             await woken
         return (await other).body
 
-    assert run(handler, body, max_connections=1) == b"ok"
+    assert run(SlowOk(0.1), body, max_connections=1) == b"ok"
 
 
 # -- TLS (every hosted provider is https) --------------------------------------------------
