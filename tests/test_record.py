@@ -32,3 +32,61 @@ def test_cached_prompt_tokens_are_priced_at_the_cached_rate() -> None:
     expected = (200 * 0.15 + 800 * 0.075 + 10 * 0.60) / 1_000_000
     assert record.cost_usd == pytest.approx(expected)
     assert (record.prompt_tokens, record.completion_tokens) == (1000, 10)
+
+
+def test_record_carries_every_figure_of_the_call() -> None:
+    # The builder sets the fields that differ from their defaults one by one: each must land.
+    call = Call(request_id="r2", door="grpc", endpoint="chat", body=b"{}", model="alias")
+    call.deployment = Deployment("alias", "up", "gpt-4o-mini")
+    call.key_id, call.team, call.stream = "key-1", "team-a", True
+    call.first_token_s, call.upstream_s, call.cache_status = 0.004, 0.008, "miss"
+    outcome = Outcome(429, "rate_limit_error", "slow down sk-caller", usage=None)
+    builder = RecordBuilder(PriceTable(), "none", SecretMask([]))
+    record = builder.build(call, outcome, 1000.0, 0.010, "Bearer sk-caller")
+    assert msgspec.structs.asdict(record) == {
+        "id": "",
+        "ts": pytest.approx(999.99),
+        "request_id": "r2",
+        "door": "grpc",
+        "key_id": "key-1",
+        "team": "team-a",
+        "model": "alias",
+        "provider": "up",
+        "provider_model": "gpt-4o-mini",
+        "endpoint": "chat",
+        "stream": True,
+        "status": 429,
+        "error_type": "rate_limit_error",
+        "error_message": "slow down [SECRET]",
+        "latency_ms": pytest.approx(10.0),
+        "upstream_ms": pytest.approx(8.0),
+        "overhead_ms": pytest.approx(2.0),
+        "ttft_ms": pytest.approx(4.0),
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "total_tokens": None,
+        "tokens_counted": False,
+        "cost_usd": None,
+        "cache_status": "miss",
+        "content": "none",
+        "prompt": None,
+        "completion": None,
+        "tool_calls": None,
+    }
+    # A plain call leaves the optional fields at their defaults.
+    plain = Call(request_id="r3", door="http", endpoint="chat", body=b"{}", model="nowhere")
+    record = builder.build(plain, Outcome(404, "invalid_request_error"), 1000.0, 0.001, None)
+    assert (record.provider, record.key_id, record.team, record.stream) == (None, None, None, False)
+    assert (record.ttft_ms, record.cache_status, record.error_message) == (None, "off", None)
+
+
+def test_price_is_looked_up_once_per_model_pair_and_names_stay_bounded() -> None:
+    prices = PriceTable()
+    first = prices.cost(("gpt-4o-mini-2024-07-18", "mini"), 1000, 100)
+    assert first == prices.cost(("gpt-4o-mini-2024-07-18", "mini"), 1000, 100)
+    assert first == pytest.approx((1000 * 0.15 + 100 * 0.60) / 1_000_000)
+    assert prices.cost(("made-up",), 10, 10) is None
+    for i in range(3000):  # model names a client made up: priced, not all remembered
+        assert prices.cost((f"made-up-{i}",), 10, 10) is None
+    assert len(prices._found) <= 1024
+    assert prices.cost(("gpt-4o-mini",), 1000, 0) == pytest.approx(1000 * 0.15 / 1_000_000)

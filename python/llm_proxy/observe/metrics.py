@@ -109,6 +109,72 @@ class _LoopCollector(Collector):
             yield family.family()
 
 
+class _CallKind:
+    """The series one kind of call feeds (one model, provider, door, status and cache status),
+    looked up once. Its counts add up in plain numbers over a batch and go to the counters at
+    the batch's end: with several workers, each increment is a write to a shared file."""
+
+    __slots__ = (
+        "cached",
+        "calls",
+        "completion",
+        "completion_tokens",
+        "cost",
+        "cost_usd",
+        "failed",
+        "latency",
+        "model",
+        "overhead",
+        "prompt",
+        "prompt_tokens",
+        "provider",
+        "requests",
+        "ttft",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        model: str,
+        provider: str,
+        histograms: tuple[Any, Any, Any, Any],
+        requests: Any,
+        cached: Any,
+        failed: bool,
+    ) -> None:
+        self.model, self.provider = model, provider
+        self.latency, self.overhead, self.upstream, self.ttft = histograms
+        self.requests, self.cached, self.failed = requests, cached, failed
+        self.prompt: Any = None
+        self.completion: Any = None
+        self.cost: Any = None
+        self.calls = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost_usd = 0.0
+
+    def flush(self, metrics: GatewayMetrics) -> None:
+        """Add this batch's counts to the counters (made when first counted into)."""
+        self.requests.inc(self.calls)
+        if self.cached is not None:
+            self.cached.inc(self.calls)
+        if self.prompt_tokens:
+            if self.prompt is None:
+                self.prompt = metrics._counter(("tokens", self.model, self.provider, "prompt"))
+            self.prompt.inc(self.prompt_tokens)
+        if self.completion_tokens:
+            if self.completion is None:
+                key = ("tokens", self.model, self.provider, "completion")
+                self.completion = metrics._counter(key)
+            self.completion.inc(self.completion_tokens)
+        if self.cost_usd:
+            if self.cost is None:
+                self.cost = metrics._counter(("cost", self.model, self.provider))
+            self.cost.inc(self.cost_usd)
+        self.calls = self.prompt_tokens = self.completion_tokens = 0
+        self.cost_usd = 0.0
+
+
 class GatewayMetrics:
     """The gateway's counters and histograms. The per-call ones are fed on the event loop, a
     batch of records at a time (observe_batch); the log writer's own on its thread."""
@@ -118,6 +184,7 @@ class GatewayMetrics:
         # Labelled children, looked up once: `labels()` costs more than the increment.
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
         self._counters: dict[tuple[Any, ...], Any] = {}
+        self._kinds: dict[tuple[str, str | None, str, int, str], _CallKind] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
         fed_on_loop: list[_LoopFamily] = []
 
@@ -219,50 +286,67 @@ class GatewayMetrics:
         )
 
     def observe_batch(self, records: list[LogRecord]) -> None:
-        """Count a batch of records: counters once per label set, histograms per record.
+        """Count a batch of records: histograms per record, counters once per batch.
 
         On the event loop only (the per-call metrics of one worker are not locked)."""
-        counts: dict[tuple[Any, ...], float] = {}
-        children = self._children
+        kinds = self._kinds
+        fed: list[_CallKind] = []
+        errors: dict[tuple[Any, ...], float] | None = None
         for rec in records:
-            model, provider, door = rec.model, rec.provider or "", rec.door
-            key: tuple[Any, ...] = ("requests", model, provider, rec.status, door, rec.cache_status)
-            counts[key] = counts.get(key, 0) + 1
-            hist = children.get((model, provider, door))
-            if hist is None:
-                hist = children[(model, provider, door)] = (
-                    self.latency.labels(model, provider, door),
-                    self.overhead.labels(model, door),
-                    self.upstream.labels(model, provider),
-                    self.ttft.labels(model, provider),
-                )
-            hist[0].observe(rec.latency_ms / 1000.0)
-            hist[1].observe(rec.overhead_ms / 1000.0)
+            key = (rec.model, rec.provider, rec.door, rec.status, rec.cache_status)
+            kind = kinds.get(key)
+            if kind is None:
+                kind = kinds[key] = self._kind(key)
+            if not kind.calls:
+                fed.append(kind)
+            kind.calls += 1
+            kind.latency.observe(rec.latency_ms / 1000.0)
+            kind.overhead.observe(rec.overhead_ms / 1000.0)
             if rec.upstream_ms > 0:
-                hist[2].observe(rec.upstream_ms / 1000.0)
+                kind.upstream.observe(rec.upstream_ms / 1000.0)
             if rec.ttft_ms is not None:
-                hist[3].observe(rec.ttft_ms / 1000.0)
-            if rec.prompt_tokens and rec.prompt_tokens > 0:
-                key = ("tokens", model, provider, "prompt")
-                counts[key] = counts.get(key, 0) + rec.prompt_tokens
-            if rec.completion_tokens and rec.completion_tokens > 0:
-                key = ("tokens", model, provider, "completion")
-                counts[key] = counts.get(key, 0) + rec.completion_tokens
-            if rec.cost_usd and rec.cost_usd > 0:
-                key = ("cost", model, provider)
-                counts[key] = counts.get(key, 0) + rec.cost_usd
-            if rec.cache_status == "hit" or rec.cache_status == "miss":
-                key = (rec.cache_status, model)
-                counts[key] = counts.get(key, 0) + 1
-            if rec.status >= 400 and rec.status != 499 and rec.provider is not None:
-                key = ("errors", provider, rec.error_type or "error", rec.status)
-                counts[key] = counts.get(key, 0) + 1
-        counters = self._counters
+                kind.ttft.observe(rec.ttft_ms / 1000.0)
+            # Counters only go up: an upstream reporting negative usage or cost is not counted.
+            if rec.prompt_tokens is not None and rec.prompt_tokens > 0:
+                kind.prompt_tokens += rec.prompt_tokens
+            if rec.completion_tokens is not None and rec.completion_tokens > 0:
+                kind.completion_tokens += rec.completion_tokens
+            if rec.cost_usd is not None and rec.cost_usd > 0:
+                kind.cost_usd += rec.cost_usd
+            if kind.failed:
+                errors = errors if errors is not None else {}
+                error = ("errors", kind.provider, rec.error_type or "error", rec.status)
+                errors[error] = errors.get(error, 0) + 1
+        for kind in fed:
+            kind.flush(self)
+        if errors is not None:
+            self._add(errors)
+
+    def _kind(self, key: tuple[str, str | None, str, int, str]) -> _CallKind:
+        model, provider, door, status, cache = key
+        name = provider or ""
+        histograms = self._children.get((model, name, door))
+        if histograms is None:
+            histograms = self._children[(model, name, door)] = (
+                self.latency.labels(model, name, door),
+                self.overhead.labels(model, door),
+                self.upstream.labels(model, name),
+                self.ttft.labels(model, name),
+            )
+        requests = self._counter(("requests", model, name, status, door, cache))
+        cached = self._counter((cache, model)) if cache in ("hit", "miss") else None
+        failed = status >= 400 and status != 499 and provider is not None
+        return _CallKind(model, name, histograms, requests, cached, failed)
+
+    def _counter(self, key: tuple[Any, ...]) -> Any:
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self._counter_child(key)
+        return child
+
+    def _add(self, counts: dict[tuple[Any, ...], float]) -> None:
         for key, amount in counts.items():
-            child = counters.get(key)
-            if child is None:
-                child = counters[key] = self._counter_child(key)
-            child.inc(amount)
+            self._counter(key).inc(amount)
 
     def _counter_child(self, key: tuple[Any, ...]) -> Any:
         """The labelled counter a batch key counts into (looked up once, then kept)."""

@@ -56,11 +56,16 @@ BUILT_IN: dict[str, Price] = {
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 
+_REMEMBERED = 1024
+
+
 class PriceTable:
     """Prices by model name; the config's entries win over the built-in ones."""
 
     def __init__(self, overrides: dict[str, PriceConfig] | None = None) -> None:
         self._prices = dict(BUILT_IN)
+        # The price each (deployment model, requested model) pair found: looked up once.
+        self._found: dict[tuple[str | None, ...], Price | None] = {}
         for name, p in (overrides or {}).items():
             self._prices[name] = Price(p.input, p.output, p.cached_input)
 
@@ -84,7 +89,12 @@ class PriceTable:
         cached_tokens: int = 0,
     ) -> float | None:
         """USD for the tokens, or None when the price is unknown."""
-        price = self.find(*models)
+        try:
+            price = self._found[models]
+        except KeyError:
+            price = self.find(*models)
+            if len(self._found) < _REMEMBERED:  # model names a client made up stay out
+                self._found[models] = price
         if price is None:
             return None
         cached = min(cached_tokens, prompt_tokens) if price.cached_input is not None else 0

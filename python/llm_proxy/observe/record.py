@@ -235,33 +235,45 @@ class RecordBuilder:
 
         upstream_ms = call.upstream_s * 1000.0
         latency_ms = latency_s * 1000.0
-        return LogRecord(
+        # The fields every call has by keyword; the others only where they differ from their
+        # defaults (a Struct made with all 25 keywords costs 1.1 us, with these 11, 0.2).
+        record = LogRecord(
             id="",  # given by the writer, for records that are stored
             ts=ended - latency_s,
             request_id=call.request_id,
             door=call.door,
-            key_id=call.key_id,
-            team=call.team,
             model=call.model,
-            provider=deployment.provider if deployment is not None else None,
-            provider_model=deployment.model if deployment is not None else None,
             endpoint=call.endpoint,
-            stream=call.stream,
             status=outcome.status,
-            error_type=outcome.error_type,
-            error_message=error_message,
             latency_ms=latency_ms,
             upstream_ms=upstream_ms,
             overhead_ms=max(0.0, latency_ms - upstream_ms),
-            ttft_ms=call.first_token_s * 1000.0 if call.first_token_s is not None else None,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=total_tokens,
-            tokens_counted=counted,
-            cost_usd=cost,
-            cache_status=call.cache_status,
             content=self.content,
         )
+        if deployment is not None:
+            record.provider = deployment.provider
+            record.provider_model = deployment.model
+        if call.key_id is not None:
+            record.key_id = call.key_id
+        if call.team is not None:
+            record.team = call.team
+        if call.stream:
+            record.stream = True
+        if outcome.error_type is not None:
+            record.error_type = outcome.error_type
+        if error_message is not None:
+            record.error_message = error_message
+        if call.first_token_s is not None:
+            record.ttft_ms = call.first_token_s * 1000.0
+        if prompt_tokens is not None or completion_tokens is not None:
+            record.prompt_tokens = prompt_tokens
+            record.completion_tokens = completion_tokens
+            record.total_tokens = total_tokens
+            record.tokens_counted = counted
+            record.cost_usd = cost
+        if call.cache_status != "off":
+            record.cache_status = call.cache_status
+        return record
 
     def add_content(self, record: LogRecord, call: Call, outcome: Outcome, auth: object) -> None:
         """Fill the prompt and completion as the content policy says (the costly part)."""
