@@ -203,9 +203,11 @@ class GatewayApp:
             ("content-type", JSON),
             ("x-request-id", request_id),
             ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-            *_cache_headers(call),
-            *reply.headers,
         ]
+        if call.cache_status != "off":
+            headers += _cache_headers(call)
+        if reply.headers:
+            headers += reply.headers
         proto.response_bytes(reply.status, headers, reply.body)
 
     async def _stream(self, call: Call, proto: HTTPProtocol) -> None:
