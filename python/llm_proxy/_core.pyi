@@ -32,6 +32,10 @@ def count_tokens(text: str, encoding: str = "o200k_base") -> int:
     listing the known encodings when `encoding` is unknown.
     """
 
+def encoding_loaded(encoding: str) -> bool:
+    """Whether `encoding`'s tables are loaded in this process: its first count loads them
+    (o200k_base: ~130 ms and ~45 MiB). Raises ValueError when `encoding` is unknown."""
+
 def encoding_for_model(model: str) -> Literal["o200k_base", "cl100k_base"]:
     """The encoding OpenAI uses for `model`; provider prefixes ("openai/"), "ft:" names and
     Azure spellings ("gpt-35-turbo") are understood; unknown models get "o200k_base"."""

@@ -76,6 +76,12 @@ mod bindings {
         tokens::encoding_for_model(model).name()
     }
 
+    /// Whether `encoding`'s tables are loaded in this process (its first count loads them).
+    #[pyfunction]
+    fn encoding_loaded(encoding: &str) -> PyResult<bool> {
+        Ok(self::encoding(encoding)?.is_loaded())
+    }
+
     /// Prompt tokens of a JSON `messages` array, counted the way OpenAI bills them.
     #[pyfunction]
     fn count_chat_tokens(py: Python<'_>, messages: &[u8], model: &str) -> PyResult<usize> {
@@ -229,6 +235,7 @@ mod bindings {
         m.add_function(wrap_pyfunction!(canonical_json, m)?)?;
         m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
         m.add_function(wrap_pyfunction!(encoding_for_model, m)?)?;
+        m.add_function(wrap_pyfunction!(encoding_loaded, m)?)?;
         m.add_function(wrap_pyfunction!(count_chat_tokens, m)?)?;
         m.add_class::<SseRelay>()?;
         m.add_class::<StreamSummary>()?;

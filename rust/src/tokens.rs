@@ -2,6 +2,7 @@
 //! tiktoken-rs), and chat-message accounting the way OpenAI bills it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
@@ -14,6 +15,9 @@ pub const KNOWN_ENCODINGS: [&str; 2] = ["o200k_base", "cl100k_base"];
 pub const TOKENS_PER_MESSAGE: usize = 3;
 pub const TOKENS_PER_NAME: usize = 1;
 pub const REPLY_PRIMING_TOKENS: usize = 3;
+
+/// Set once an encoding's tokenizer has been built, by `Encoding as usize`.
+static LOADED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -40,10 +44,17 @@ impl Encoding {
 
     /// The tokenizer, built on first use (the rank tables take a few hundred ms to load).
     fn bpe(self) -> &'static CoreBPE {
-        match self {
+        let bpe = match self {
             Self::O200kBase => tiktoken_rs::o200k_base_singleton(),
             Self::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
-        }
+        };
+        LOADED[self as usize].store(true, Ordering::Relaxed);
+        bpe
+    }
+
+    /// Whether this encoding's tables are loaded yet (its first count loads them).
+    pub fn is_loaded(self) -> bool {
+        LOADED[self as usize].load(Ordering::Relaxed)
     }
 
     /// Number of tokens in `text`; special-token text such as `<|endoftext|>` is ordinary text.
@@ -232,6 +243,12 @@ mod tests {
         assert_eq!(Encoding::Cl100kBase.count("hello world"), 2);
         assert_eq!(Encoding::O200kBase.count("hello world"), 2);
         assert_eq!(Encoding::O200kBase.count(""), 0);
+    }
+
+    #[test]
+    fn an_encoding_is_loaded_by_its_first_count() {
+        Encoding::Cl100kBase.count("warm");
+        assert!(Encoding::Cl100kBase.is_loaded());
     }
 
     #[test]

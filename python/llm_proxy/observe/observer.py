@@ -10,7 +10,7 @@ from ..calls import Call, Outcome
 from ..config import Config
 from .metrics import GatewayMetrics
 from .prices import PriceTable
-from .record import RecordBuilder
+from .record import RecordBuilder, load_encodings
 from .redact import SecretMask
 from .spool import Spool
 from .store import open_store
@@ -66,10 +66,11 @@ class CallRecorder:
         self._started = False
 
     async def start(self) -> None:
-        """Start the writer thread (call inside the worker, on its loop)."""
+        """Load the tokenizers and start the writer thread (inside the worker, on its loop)."""
         if not self._started:
             self._started = True
             self._loop = asyncio.get_running_loop()
+            load_encodings(model.model for model in self.config.models.values())
             self.writer.start()
 
     async def close(self) -> None:

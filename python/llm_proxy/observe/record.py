@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -133,6 +134,14 @@ def _encoding(model: str) -> str:
         return str(_core.encoding_for_model(model))
     except Exception:
         return "cl100k_base"
+
+
+def load_encodings(models: Iterable[str]) -> None:
+    """Load the tokenizers that counting `models`' tokens needs, now rather than at the first
+    call that counts (o200k_base takes ~130 ms, the event loop and every call in flight with it).
+    """
+    for encoding in {_encoding(model) for model in models}:
+        _core.count_tokens("warm", encoding)
 
 
 def _count_text(text: str, model: str) -> int:
