@@ -489,6 +489,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     _log("gRPC unary and streaming (grpc_bench.run)")
     sc["grpc"] = grpc_scenarios(seconds, 300 if args.quick else 1500)
+    _log("instructions per call on the event loop (instructions.py, callgrind)")
+    import instructions
+
+    try:
+        results["instructions"] = instructions.run(
+            100 if args.quick else 500, list(instructions.PATHS)
+        )
+    except RuntimeError as exc:  # report it, keep the rest of the run
+        results["instructions"] = {"skipped": str(exc)}
     results["meta"]["loadavg_end"] = os.getloadavg()
     results["meta"]["cpu_steal_end"] = steal_ticks()
     results["targets"] = targets_table(results)
@@ -806,6 +815,20 @@ def markdown(r: dict[str, Any]) -> str:
             f"{a['rss_bytes'] / 2**20:.1f} MiB; after {b['requests']:,} requests "
             f"{b['rss_bytes'] / 2**20:.1f} MiB ({mem['growth_second_half']:+.1%} in the second "
             "half).",
+        ]
+    ins = r.get("instructions")
+    if ins:
+        import instructions
+
+        out += [
+            "",
+            "## Instructions per call on the event loop (callgrind; the same on any run)",
+            "",
+            "The gateway's RSGI app in-process (no Granian, no kernel), one call after another "
+            "against the mock, under `valgrind --tool=callgrind` (`instructions.py`): a figure "
+            "this machine's noise does not move, for comparing versions of the code.",
+            "",
+            instructions.markdown(ins).rstrip("\n"),
         ]
     cap = r["capacity"]["cpu_us_per_request"]
     out += [
