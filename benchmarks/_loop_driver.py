@@ -113,9 +113,11 @@ def main() -> None:
             if proto.status != 200:
                 raise SystemExit(f"{path}: status {proto.status}")
 
-    loop.run_until_complete(calls(n))
-    app.__rsgi_del__(loop)
-    os.unlink(f.name)
+    try:
+        loop.run_until_complete(calls(n))
+        app.__rsgi_del__(loop)
+    finally:
+        os.unlink(f.name)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Instructions per call on the gateway's event loop, counted by callgrind: a figure that does
-not move with the machine's noise, for comparing two versions of the code.
+"""Instructions per call on the gateway's event loop, counted by callgrind: a figure that moves
+by ~1-2 % between runs (how the kernel splits the upstream's bytes into reads, mostly) where
+requests/s on a shared machine moves by up to 2x; for comparing two versions of the code.
 
 Each path runs in `_loop_driver.py` (the RSGI app in-process, no Granian, the real mock
 upstream over loopback) under `valgrind --tool=callgrind`, once with `--calls` calls and once
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -41,7 +43,8 @@ def collected(upstream: str, path: str, calls: int, out: Path) -> int:
     """callgrind's instruction total for one driver run of `calls` calls."""
     cmd = [*pin([GATEWAY_CPU]), "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     cmd += [sys.executable, str(HERE / "_loop_driver.py"), upstream, path, str(calls)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=False)
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in every run
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, env=env, check=False)
     found = re.search(r"Collected : ([\d,]+)", done.stderr)
     if done.returncode != 0 or not found:
         raise RuntimeError(f"{path}: callgrind run failed: {done.stderr.strip()[-500:]}")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
-from llm_proxy.observe.metrics import _LATENCY, _OVERHEAD, GatewayMetrics
+from llm_proxy.observe.metrics import _LATENCY, _OVERHEAD, UNKNOWN_MODEL, GatewayMetrics
 from llm_proxy.observe.record import LogRecord
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,26 +48,28 @@ def record(i: int, **kw: object) -> LogRecord:
     return LogRecord(**fields)  # type: ignore[arg-type]
 
 
-def test_loop_metrics_expose_what_prometheus_client_metrics_would(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # (prometheus-client picks its own storage when first imported: run without the
-    # multiprocess directory set)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    metrics = GatewayMetrics()
-    assert not metrics.multiprocess
+def fed_records() -> list[LogRecord]:
     records = [record(i) for i in range(40)]
     records += [
         record(40, status=502, error_type="upstream_error", prompt_tokens=-5, cost_usd=-1.0),
         record(41, status=499),
         record(42, ttft_ms=12.0, stream=True),
         record(43, ttft_ms=0.5, stream=True, provider=None, status=400),
+        record(44, model="made-up-1", provider=None, status=404),
+        record(45, model="made-up-2", provider=None, status=404),
     ]
+    return records
+
+
+def feed(metrics: GatewayMetrics, records: list[LogRecord]) -> bytes:
     metrics.observe_batch(records[:7])
     for rec in records[7:]:  # a batch of one, and many batches, count alike
         metrics.observe_batch([rec])
+    return metrics.exposition()[1]
 
-    # The same observations through prometheus-client's own metrics.
+
+def reference(records: list[LogRecord]) -> bytes:
+    """The same observations through prometheus-client's own metrics, in one process."""
     r = CollectorRegistry()
     requests = Counter(
         "llm_proxy_requests",
@@ -101,37 +108,41 @@ def test_loop_metrics_expose_what_prometheus_client_metrics_would(
     errors = Counter("llm_proxy_upstream_errors", "", ["provider", "kind", "status"], registry=r)
     for rec in records:
         provider = rec.provider or ""
-        requests.labels(rec.model, provider, rec.status, rec.door, rec.cache_status).inc()
+        # calls to a model no deployment serves share one model label
+        model = rec.model if rec.provider is not None else UNKNOWN_MODEL
+        requests.labels(model, provider, rec.status, rec.door, rec.cache_status).inc()
         # The gateway makes the four histogram series of a label set together (a series
         # made is exposed, at zero if never observed).
-        latency.labels(rec.model, provider, rec.door).observe(rec.latency_ms / 1000)
-        overhead.labels(rec.model, rec.door).observe(rec.overhead_ms / 1000)
-        up, first = upstream.labels(rec.model, provider), ttft.labels(rec.model, provider)
+        latency.labels(model, provider, rec.door).observe(rec.latency_ms / 1000)
+        overhead.labels(model, rec.door).observe(rec.overhead_ms / 1000)
+        up, first = upstream.labels(model, provider), ttft.labels(model, provider)
         if rec.upstream_ms > 0:
             up.observe(rec.upstream_ms / 1000)
         if rec.ttft_ms is not None:
             first.observe(rec.ttft_ms / 1000)
         # (an upstream reporting negative usage is not counted: counters only go up)
         if rec.prompt_tokens and rec.prompt_tokens > 0:
-            tokens.labels(rec.model, provider, "prompt").inc(rec.prompt_tokens)
+            tokens.labels(model, provider, "prompt").inc(rec.prompt_tokens)
         if rec.completion_tokens and rec.completion_tokens > 0:
-            tokens.labels(rec.model, provider, "completion").inc(rec.completion_tokens)
+            tokens.labels(model, provider, "completion").inc(rec.completion_tokens)
         if rec.cost_usd and rec.cost_usd > 0:
-            cost.labels(rec.model, provider).inc(rec.cost_usd)
+            cost.labels(model, provider).inc(rec.cost_usd)
         if rec.cache_status == "hit":
-            hits.labels(rec.model).inc()
+            hits.labels(model).inc()
         if rec.cache_status == "miss":
-            misses.labels(rec.model).inc()
+            misses.labels(model).inc()
         if rec.status >= 400 and rec.status != 499 and rec.provider is not None:
             errors.labels(provider, rec.error_type or "error", rec.status).inc()
 
-    text = metrics.exposition()[1]
-    reference = generate_latest(r)
+    return generate_latest(r)
+
+
+def assert_same(text: bytes, want_text: bytes, records: list[LogRecord]) -> None:
     types = {f.name: f.type for f in text_string_to_metric_families(text.decode())}
-    for family in text_string_to_metric_families(reference.decode()):
+    for family in text_string_to_metric_families(want_text.decode()):
         if not family.name.endswith("_created"):
             assert types[family.name] == family.type, family.name
-    want = samples(reference)
+    want = samples(want_text)
     names = {name for name, _ in want}
     ours = {k: v for k, v in samples(text).items() if k[0] in names}
     assert ours.keys() == want.keys()
@@ -145,5 +156,64 @@ def test_loop_metrics_expose_what_prometheus_client_metrics_would(
         if name == "llm_proxy_request_duration_seconds_bucket" and ("le", "0.005") in labels
     )
     assert five_ms and at_bound == five_ms + sum(1 for rec in records if rec.latency_ms < 5)
-    # the log writer's own metrics are still there
-    assert b"llm_proxy_log_records_written_total" in metrics.exposition()[1]
+    # made-up model names share one series; the log writer's own metrics are still there
+    assert b"made-up" not in text and UNKNOWN_MODEL.encode() in text
+    assert b"llm_proxy_log_records_written_total" in text
+
+
+def test_loop_metrics_expose_what_prometheus_client_metrics_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # (prometheus-client picks its own storage when first imported: run without the
+    # multiprocess directory set)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    metrics = GatewayMetrics()
+    assert not metrics.multiprocess
+    records = fed_records()
+    assert_same(feed(metrics, records), reference(records), records)
+
+
+def test_several_workers_metrics_expose_what_prometheus_client_metrics_would(
+    tmp_path: Path,
+) -> None:
+    # prometheus-client's multiprocess values, in a process of their own (it picks its
+    # storage when first imported); the reference is made here, in one process.
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_metrics import GatewayMetrics, feed, fed_records\n"
+        "metrics = GatewayMetrics()\n"
+        "assert metrics.multiprocess\n"
+        "sys.stdout.buffer.write(feed(metrics, fed_records()))\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, timeout=60, check=True
+    )
+    records = fed_records()
+    assert_same(done.stdout, reference(records), records)
+
+
+def test_a_failing_counter_loses_one_batch_not_the_kinds_later_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    metrics = GatewayMetrics()
+    rec = record(1, cache_status="off")
+    metrics.observe_batch([rec])
+    (kind,) = metrics._kinds.values()
+    real, calls = kind.requests, []
+
+    class Failing:
+        def inc(self, amount: float = 1) -> None:
+            calls.append(amount)
+            raise RuntimeError("disk full")
+
+    kind.requests = Failing()
+    with pytest.raises(RuntimeError):
+        metrics.observe_batch([rec, rec])
+    kind.requests = real
+    metrics.observe_batch([rec])
+    metrics.observe_batch([rec, rec])
+    requests = samples(metrics.exposition()[1])
+    total = sum(v for (name, _), v in requests.items() if name == "llm_proxy_requests_total")
+    assert calls == [2] and total == 1 + 1 + 2

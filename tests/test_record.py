@@ -6,7 +6,7 @@ import time
 
 import msgspec
 import pytest
-from llm_proxy.calls import Call, Deployment, Outcome, ResponseHead
+from llm_proxy.calls import Call, Deployment, Outcome, ResponseHead, SimpleSummary, Usage
 from llm_proxy.observe.prices import PriceTable
 from llm_proxy.observe.record import RecordBuilder
 from llm_proxy.observe.redact import SecretMask
@@ -90,3 +90,40 @@ def test_price_is_looked_up_once_per_model_pair_and_names_stay_bounded() -> None
         assert prices.cost((f"made-up-{i}",), 10, 10) is None
     assert len(prices._found) <= 1024
     assert prices.cost(("gpt-4o-mini",), 1000, 0) == pytest.approx(1000 * 0.15 / 1_000_000)
+
+
+def test_record_figures_of_usage_counted_tokens_and_cache_hits() -> None:
+    builder = RecordBuilder(PriceTable(), "none", SecretMask([]))
+    deployment = Deployment("mini", "up", "gpt-4o-mini")
+
+    def call(**fields: object) -> Call:
+        made = Call(request_id="r", door="http", endpoint="chat", body=b"{}", model="mini")
+        made.prompt_json = b'[{"role": "user", "content": "hello there"}]'
+        made.deployment = deployment
+        for name, value in fields.items():
+            setattr(made, name, value)
+        return made
+
+    usage = Usage(prompt_tokens=100, completion_tokens=20, total_tokens=120)
+    whole = builder.build(call(), Outcome(200, usage=usage), 1000.0, 0.01, None)
+    assert (whole.prompt_tokens, whole.completion_tokens, whole.total_tokens) == (100, 20, 120)
+    assert not whole.tokens_counted
+    assert whole.cost_usd == pytest.approx((100 * 0.15 + 20 * 0.60) / 1_000_000)
+    assert (whole.provider, whole.provider_model, whole.cache_status) == (
+        "up",
+        "gpt-4o-mini",
+        "off",
+    )
+
+    # A stream without usage: counted by the gateway (the prompt here, the completion by the
+    # relay's summary).
+    summary = SimpleSummary(text="hi", completion_tokens=7, usage_counted=True, done=True)
+    outcome = Outcome(200, summary=summary)
+    counted = builder.build(call(stream=True, first_token_s=0.002), outcome, 1000.0, 0.01, None)
+    assert counted.tokens_counted and counted.stream and counted.ttft_ms == pytest.approx(2.0)
+    assert counted.completion_tokens == 7 and counted.prompt_tokens is not None
+    assert counted.total_tokens == counted.prompt_tokens + 7 and counted.cost_usd is not None
+
+    # A cache hit costs nothing upstream.
+    hit = builder.build(call(cache_status="hit"), Outcome(200, usage=usage), 1000.0, 0.01, None)
+    assert (hit.cache_status, hit.cost_usd, hit.total_tokens) == ("hit", 0.0, 120)

@@ -48,7 +48,10 @@ impl Encoding {
             Self::O200kBase => tiktoken_rs::o200k_base_singleton(),
             Self::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
         };
-        LOADED[self as usize].store(true, Ordering::Relaxed);
+        let loaded = &LOADED[self as usize];
+        if !loaded.load(Ordering::Relaxed) {
+            loaded.store(true, Ordering::Relaxed);
+        }
         bpe
     }
 

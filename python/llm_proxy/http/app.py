@@ -55,8 +55,7 @@ def _error_response(proto: HTTPProtocol, exc: GatewayError, request_id: str) -> 
 
 
 def _cache_headers(call: Call) -> list[tuple[str, str]]:
-    if call.cache_status == "off":
-        return []
+    """The headers of a call whose answer was looked up in the cache (status not "off")."""
     if call.cache_age_s is None:
         return [("x-llm-proxy-cache", call.cache_status)]
     return [("x-llm-proxy-cache", call.cache_status), ("age", str(int(call.cache_age_s)))]
@@ -246,9 +245,10 @@ class GatewayApp:
                 *_SSE_HEADERS,
                 ("x-request-id", call.request_id),
                 ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-                *_cache_headers(call),
                 *stream.headers,
             ]
+            if call.cache_status != "off":
+                headers += _cache_headers(call)
             transport = proto.response_stream(200, headers)
             await self._pump(events, first, transport, call.request_id)
         except asyncio.CancelledError:

@@ -27,6 +27,8 @@ from prometheus_client.utils import floatToGoString
 from .multiproc import MULTIPROC_ENV
 from .record import LogRecord
 
+# The model label of calls to a model no deployment serves (their log records keep the name).
+UNKNOWN_MODEL = "(unknown)"
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
@@ -112,9 +114,11 @@ class _LoopCollector(Collector):
 class _CallKind:
     """The series one kind of call feeds (one model, provider, door, status and cache status),
     looked up once. Its counts add up in plain numbers over a batch and go to the counters at
-    the batch's end: with several workers, each increment is a write to a shared file."""
+    the batch's end: with several workers, each increment is a write to the worker's
+    memory-mapped file, under a lock."""
 
     __slots__ = (
+        "batch",
         "cached",
         "calls",
         "completion",
@@ -148,31 +152,35 @@ class _CallKind:
         self.prompt: Any = None
         self.completion: Any = None
         self.cost: Any = None
+        self.batch = 0  # the last batch this kind was fed in
         self.calls = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cost_usd = 0.0
 
     def flush(self, metrics: GatewayMetrics) -> None:
-        """Add this batch's counts to the counters (made when first counted into)."""
-        self.requests.inc(self.calls)
+        """Add this batch's counts to the counters (made when first counted into). The sums
+        start again from zero first: a counter that fails loses one batch's counts, no more."""
+        calls, prompt_tokens = self.calls, self.prompt_tokens
+        completion_tokens, cost_usd = self.completion_tokens, self.cost_usd
+        self.calls = self.prompt_tokens = self.completion_tokens = 0
+        self.cost_usd = 0.0
+        self.requests.inc(calls)
         if self.cached is not None:
-            self.cached.inc(self.calls)
-        if self.prompt_tokens:
+            self.cached.inc(calls)
+        if prompt_tokens:
             if self.prompt is None:
                 self.prompt = metrics._counter(("tokens", self.model, self.provider, "prompt"))
-            self.prompt.inc(self.prompt_tokens)
-        if self.completion_tokens:
+            self.prompt.inc(prompt_tokens)
+        if completion_tokens:
             if self.completion is None:
                 key = ("tokens", self.model, self.provider, "completion")
                 self.completion = metrics._counter(key)
-            self.completion.inc(self.completion_tokens)
-        if self.cost_usd:
+            self.completion.inc(completion_tokens)
+        if cost_usd:
             if self.cost is None:
                 self.cost = metrics._counter(("cost", self.model, self.provider))
-            self.cost.inc(self.cost_usd)
-        self.calls = self.prompt_tokens = self.completion_tokens = 0
-        self.cost_usd = 0.0
+            self.cost.inc(cost_usd)
 
 
 class GatewayMetrics:
@@ -185,6 +193,7 @@ class GatewayMetrics:
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
         self._counters: dict[tuple[Any, ...], Any] = {}
         self._kinds: dict[tuple[str, str | None, str, int, str], _CallKind] = {}
+        self._batch = 0
         r = self.registry = CollectorRegistry(auto_describe=True)
         fed_on_loop: list[_LoopFamily] = []
 
@@ -286,41 +295,49 @@ class GatewayMetrics:
         )
 
     def observe_batch(self, records: list[LogRecord]) -> None:
-        """Count a batch of records: histograms per record, counters once per batch.
+        """Count a batch of records: histograms per record, counters once per batch and kind
+        of call. A call to a model no deployment serves counts as model UNKNOWN_MODEL: names
+        clients make up must not make series without end.
 
         On the event loop only (the per-call metrics of one worker are not locked)."""
         kinds = self._kinds
+        batch = self._batch = self._batch + 1
         fed: list[_CallKind] = []
         errors: dict[tuple[Any, ...], float] | None = None
-        for rec in records:
-            key = (rec.model, rec.provider, rec.door, rec.status, rec.cache_status)
-            kind = kinds.get(key)
-            if kind is None:
-                kind = kinds[key] = self._kind(key)
-            if not kind.calls:
-                fed.append(kind)
-            kind.calls += 1
-            kind.latency.observe(rec.latency_ms / 1000.0)
-            kind.overhead.observe(rec.overhead_ms / 1000.0)
-            if rec.upstream_ms > 0:
-                kind.upstream.observe(rec.upstream_ms / 1000.0)
-            if rec.ttft_ms is not None:
-                kind.ttft.observe(rec.ttft_ms / 1000.0)
-            # Counters only go up: an upstream reporting negative usage or cost is not counted.
-            if rec.prompt_tokens is not None and rec.prompt_tokens > 0:
-                kind.prompt_tokens += rec.prompt_tokens
-            if rec.completion_tokens is not None and rec.completion_tokens > 0:
-                kind.completion_tokens += rec.completion_tokens
-            if rec.cost_usd is not None and rec.cost_usd > 0:
-                kind.cost_usd += rec.cost_usd
-            if kind.failed:
-                errors = errors if errors is not None else {}
-                error = ("errors", kind.provider, rec.error_type or "error", rec.status)
-                errors[error] = errors.get(error, 0) + 1
-        for kind in fed:
-            kind.flush(self)
-        if errors is not None:
-            self._add(errors)
+        try:
+            for rec in records:
+                model = rec.model if rec.provider is not None else UNKNOWN_MODEL
+                key = (model, rec.provider, rec.door, rec.status, rec.cache_status)
+                kind = kinds.get(key)
+                if kind is None:
+                    kind = kinds[key] = self._kind(key)
+                if kind.batch != batch:
+                    kind.batch = batch
+                    fed.append(kind)
+                kind.calls += 1
+                kind.latency.observe(rec.latency_ms / 1000.0)
+                kind.overhead.observe(rec.overhead_ms / 1000.0)
+                if rec.upstream_ms > 0:
+                    kind.upstream.observe(rec.upstream_ms / 1000.0)
+                if rec.ttft_ms is not None:
+                    kind.ttft.observe(rec.ttft_ms / 1000.0)
+                # Counters only go up: negative usage or cost from an upstream is not counted.
+                if rec.prompt_tokens is not None and rec.prompt_tokens > 0:
+                    kind.prompt_tokens += rec.prompt_tokens
+                if rec.completion_tokens is not None and rec.completion_tokens > 0:
+                    kind.completion_tokens += rec.completion_tokens
+                if rec.cost_usd is not None and rec.cost_usd > 0:
+                    kind.cost_usd += rec.cost_usd
+                if kind.failed:
+                    errors = errors if errors is not None else {}
+                    error = ("errors", kind.provider, rec.error_type or "error", rec.status)
+                    errors[error] = errors.get(error, 0) + 1
+        finally:
+            # What was counted before a failure still reaches the counters.
+            for kind in fed:
+                kind.flush(self)
+            if errors is not None:
+                self._add(errors)
 
     def _kind(self, key: tuple[str, str | None, str, int, str]) -> _CallKind:
         model, provider, door, status, cache = key

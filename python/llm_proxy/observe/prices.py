@@ -93,7 +93,9 @@ class PriceTable:
             price = self._found[models]
         except KeyError:
             price = self.find(*models)
-            if len(self._found) < _REMEMBERED:  # model names a client made up stay out
+            # Bounded: past that many pairs (names clients made up, say), prices are looked up
+            # every time.
+            if len(self._found) < _REMEMBERED:
                 self._found[models] = price
         if price is None:
             return None
