@@ -56,6 +56,11 @@ def _first_words(text: str, n: int) -> str:
     return " ".join(text.split(" ")[: max(n, 0)])
 
 
+def warm() -> None:
+    """Build the table of replies now (the first reply would otherwise take ~10 ms)."""
+    _replies()
+
+
 def reply_text(seed: bytes, max_tokens: int | None = None) -> str:
     """Pseudo-English words from the seed: 20-60 of them, or the first `max_tokens` words."""
     digest = hashlib.blake2b(seed, digest_size=8).digest()
