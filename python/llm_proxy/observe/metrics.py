@@ -190,7 +190,6 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         # Labelled children, looked up once: `labels()` costs more than the increment.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
         self._counters: dict[tuple[Any, ...], Any] = {}
         self._kinds: dict[tuple[str, str | None, str, int, str], _CallKind] = {}
         self._batch = 0
@@ -342,14 +341,12 @@ class GatewayMetrics:
     def _kind(self, key: tuple[str, str | None, str, int, str]) -> _CallKind:
         model, provider, door, status, cache = key
         name = provider or ""
-        histograms = self._children.get((model, name, door))
-        if histograms is None:
-            histograms = self._children[(model, name, door)] = (
-                self.latency.labels(model, name, door),
-                self.overhead.labels(model, door),
-                self.upstream.labels(model, name),
-                self.ttft.labels(model, name),
-            )
+        histograms = (
+            self.latency.labels(model, name, door),
+            self.overhead.labels(model, door),
+            self.upstream.labels(model, name),
+            self.ttft.labels(model, name),
+        )
         requests = self._counter(("requests", model, name, status, door, cache))
         cached = self._counter((cache, model)) if cache in ("hit", "miss") else None
         failed = status >= 400 and status != 499 and provider is not None
