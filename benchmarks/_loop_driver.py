@@ -21,9 +21,7 @@ from typing import Any
 import uvloop
 import yaml
 from common import bench_config
-from overhead import BODY
-
-STREAM_BODY = BODY[:-1] + b', "stream": true}'
+from overhead import BODY, STREAM_BODY
 
 
 class Scope:

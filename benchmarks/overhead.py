@@ -27,6 +27,7 @@ BODY = json.dumps(
         "max_tokens": 64,
     }
 ).encode()
+STREAM_BODY = BODY[:-1] + b', "stream": true}'
 
 
 async def _stream_once(host: str, port: int, path: str, body: bytes) -> tuple[float, float]:
@@ -54,14 +55,11 @@ async def _stream_once(host: str, port: int, path: str, body: bytes) -> tuple[fl
 
 def stream_latency(base: str, n: int = 300) -> tuple[float, float]:
     host, port = base.removeprefix("http://").split(":")
-    body = json.loads(BODY)
-    body["stream"] = True
-    raw = json.dumps(body).encode()
 
     async def go() -> tuple[float, float]:
         ttfb, total = [], []
         for _ in range(n):
-            a, b = await _stream_once(host, int(port), "/v1/chat/completions", raw)
+            a, b = await _stream_once(host, int(port), "/v1/chat/completions", STREAM_BODY)
             ttfb.append(a)
             total.append(b)
         return statistics.median(ttfb), statistics.median(total)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import instructions
 import yaml
 from common import (
     CPUS,
@@ -48,11 +49,10 @@ from common import (
     served,
     wrk,
 )
-from overhead import BODY, stream_latency
+from overhead import BODY, STREAM_BODY, stream_latency
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-STREAM_BODY = BODY[:-1] + b', "stream": true}'
 CHAT = "/v1/chat/completions"
 GATEWAY = "llm-proxy"
 DIRECT = "direct"
@@ -490,8 +490,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _log("gRPC unary and streaming (grpc_bench.run)")
     sc["grpc"] = grpc_scenarios(seconds, 300 if args.quick else 1500)
     _log("instructions per call on the event loop (instructions.py, callgrind)")
-    import instructions
-
     try:
         results["instructions"] = instructions.run(
             100 if args.quick else 500, list(instructions.PATHS)
@@ -818,8 +816,6 @@ def markdown(r: dict[str, Any]) -> str:
         ]
     ins = r.get("instructions")
     if ins:
-        import instructions
-
         out += [
             "",
             "## Instructions per call on the event loop (callgrind)",
