@@ -13,14 +13,20 @@ from llm_proxy.config import load_config
 from llm_proxy.http.app import GatewayApp
 
 
-def test_worker_start_freezes_what_it_built_for_the_garbage_collector(tmp_path: Path) -> None:
+def write_config(tmp_path: Path, models: str) -> Path:
+    """A config with one upstream (never called) and `models`, a YAML mapping."""
     path = tmp_path / "c.yaml"
     path.write_text(
         "server: {grpc_port: 0}\n"
         "providers: {up: {kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key: sk-x}}\n"
-        "models: {m: {provider: up, model: m}}\n"
+        f"models: {models}\n"
         "logging: {enabled: false}\n"
     )
+    return path
+
+
+def test_worker_start_freezes_what_it_built_for_the_garbage_collector(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "{m: {provider: up, model: m}}")
     app = GatewayApp(load_config(str(path)))
     loop = uvloop.new_event_loop()
     gc.unfreeze()
@@ -51,13 +57,8 @@ def test_worker_start_freezes_what_it_built_for_the_garbage_collector(tmp_path: 
 
 def test_worker_start_loads_the_tokenizers_its_models_count_with(tmp_path: Path) -> None:
     # In a process of its own: this one may have loaded them already.
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        "server: {grpc_port: 0}\n"
-        "providers: {up: {kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key: sk-x}}\n"
-        "models: {mini: {provider: up, model: gpt-4o-mini}, old: {provider: up, model: gpt-4}}\n"
-        "logging: {enabled: false}\n"
-    )
+    models = "{mini: {provider: up, model: gpt-4o-mini}, old: {provider: up, model: gpt-4}}"
+    path = write_config(tmp_path, models)
     script = f"""
 import uvloop
 from llm_proxy import _core
