@@ -10,7 +10,7 @@ from pathlib import Path
 
 import uvloop
 from llm_proxy.config import load_config
-from llm_proxy.http.app import GatewayApp
+from llm_proxy.worker import GatewayApp
 
 
 def write_config(tmp_path: Path, models: str) -> Path:
@@ -47,7 +47,7 @@ def test_worker_start_freezes_what_it_built_for_the_garbage_collector(tmp_path: 
         # collector (frozen objects are in no generation).
         assert gc.get_freeze_count() > 1000
         walked = {id(o) for o in gc.get_objects()}
-        assert id(app.pipeline) not in walked and id(app.observer) not in walked
+        assert id(app.pipeline) not in walked and id(app.recorder) not in walked
     finally:
         gc.enable()
         gc.unfreeze()
@@ -63,7 +63,7 @@ def test_worker_start_loads_the_tokenizers_its_models_count_with(tmp_path: Path)
 import uvloop
 from llm_proxy import _core
 from llm_proxy.config import load_config
-from llm_proxy.http.app import GatewayApp
+from llm_proxy.worker import GatewayApp
 
 names = ("o200k_base", "cl100k_base")
 app = GatewayApp(load_config({str(path)!r}))

@@ -416,7 +416,7 @@ def test_tracing_off_never_imports_opentelemetry(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
         "from llm_proxy.config import parse_config\n"
-        "from llm_proxy.http.app import GatewayApp\n"
+        "from llm_proxy.worker import GatewayApp\n"
         "from llm_proxy.pipeline import Pipeline\n"
         "pipeline = Pipeline(parse_config({'providers': {'m': {'kind': 'mock'}},"
         " 'models': {'x': {'provider': 'm', 'model': 'x'}}}))\n"

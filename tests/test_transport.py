@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from llm_proxy.errors import GatewayError
-from llm_proxy.providers.transport import UpstreamClient
+from llm_proxy.upstream import UpstreamClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-test"}

@@ -12,12 +12,12 @@ import pytest
 from llm_proxy.calls import Call, Deployment, Outcome
 from llm_proxy.config import ConfigError, load_config
 from llm_proxy.observe.metrics import GatewayMetrics
-from llm_proxy.observe.prices import PriceTable
-from llm_proxy.observe.record import RecordBuilder
-from llm_proxy.observe.redact import SecretMask
-from llm_proxy.observe.spool import Spool
-from llm_proxy.observe.store import open_store
-from llm_proxy.observe.writer import RecordWriter
+from llm_proxy.logstore.prices import PriceTable
+from llm_proxy.logstore.record import RecordBuilder
+from llm_proxy.logstore.redact import SecretMask
+from llm_proxy.logstore.spool import Spool
+from llm_proxy.logstore import open_store
+from llm_proxy.logstore.writer import LogWriter
 
 ANSWER = (
     b'{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,'
@@ -31,8 +31,8 @@ linux_only = pytest.mark.skipif(
 )
 
 
-def make_writer(tmp: Path, priority: str, queue_size: int = 10_000) -> RecordWriter:
-    return RecordWriter(
+def make_writer(tmp: Path, priority: str, queue_size: int = 10_000) -> LogWriter:
+    return LogWriter(
         RecordBuilder(PriceTable(), "full", SecretMask(["sk-provider-secret"])),
         GatewayMetrics(),
         open_store(f"sqlite:///{tmp / 'log.db'}"),
@@ -48,7 +48,7 @@ def make_writer(tmp: Path, priority: str, queue_size: int = 10_000) -> RecordWri
     )
 
 
-def submit(writer: RecordWriter, n: int) -> None:
+def submit(writer: LogWriter, n: int) -> None:
     for i in range(n):
         call = Call(
             request_id=f"req-{i}", door="http", endpoint="chat", body=PROMPT, model="gpt-4o-mini"

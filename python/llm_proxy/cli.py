@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import capacity
 from .config import Config, ConfigError, load_config
-from .observe import cli as observe_cli
+from .logstore import cli as logstore_cli
 
 
 def _load(path: str | None) -> Config:
@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     grace = max(1, round(config.server.shutdown_grace_s))
     prepare_multiprocess(workers)
     server = Granian(
-        "llm_proxy.http.app:create_app",
+        "llm_proxy.worker:create_app",
         factory=True,
         address=host,
         port=port,
@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     mock.set_defaults(func=cmd_mock_upstream)
     logs = sub.add_parser("logs", help="recent calls from the request log")
     stats = sub.add_parser("stats", help="calls, errors, latency, tokens and cost")
-    observe_cli.add_arguments(logs, stats)
-    logs.set_defaults(func=observe_cli.logs_command)
-    stats.set_defaults(func=observe_cli.stats_command)
+    logstore_cli.add_arguments(logs, stats)
+    logs.set_defaults(func=logstore_cli.logs_command)
+    stats.set_defaults(func=logstore_cli.stats_command)
 
     cap = sub.add_parser("capacity", help="cores (workers) needed for a load, from a bench result")
     capacity.add_arguments(cap)

@@ -480,8 +480,8 @@ def test_records_spooled_at_shutdown_are_written_by_the_next_start(
 
 
 def _seed(db: Path, ages_days: list[float]) -> list[str]:
-    from llm_proxy.observe.record import LogRecord, as_row
-    from llm_proxy.observe.sqlite import SqliteStore
+    from llm_proxy.logstore.record import LogRecord, as_row
+    from llm_proxy.logstore.sqlite import SqliteStore
 
     store = SqliteStore(f"sqlite:///{db}")
     store.connect()

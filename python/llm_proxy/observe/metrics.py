@@ -24,8 +24,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from ..logstore.record import LogRecord
 from .multiproc import MULTIPROC_ENV
-from .record import LogRecord
 
 # The model label of calls to a model no deployment serves (their log records keep the name).
 UNKNOWN_MODEL = "(unknown)"

@@ -35,6 +35,10 @@ _OPERATIONS: dict[Endpoint, str] = {
 _SYSTEMS = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic"}
 
 
+class ObserveConfigError(Exception):
+    """A logging or telemetry setting that cannot be honoured; stops startup."""
+
+
 def validate(config: TelemetryConfig) -> None:
     """Raise ObserveConfigError when tracing is asked for but cannot run (call early)."""
     if not config.otlp_endpoint:
@@ -43,8 +47,6 @@ def validate(config: TelemetryConfig) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            from . import ObserveConfigError
-
             raise ObserveConfigError(
                 "telemetry.otlp_endpoint is set, but the OpenTelemetry packages are not "
                 f"installed ({exc.name or module} is missing); run: {INSTALL_HINT}"

@@ -10,10 +10,10 @@ import msgspec
 from ..calls import Call, Deployment, PromptTokensDetails, Reply, Usage
 from ..config import AnthropicProvider
 from ..errors import GatewayError
+from ..upstream import UpstreamClient, UpstreamResponse, UpstreamStream, passed_headers
 from . import anthropic_format as fmt
 from .base import upstream_timeout
 from .relay import RelayedStream
-from .transport import UpstreamClient, UpstreamResponse, UpstreamStream, passed_headers
 
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()

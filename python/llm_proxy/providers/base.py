@@ -8,7 +8,7 @@ import msgspec
 
 from ..calls import Call, Deployment, EventStream, Reply
 from ..errors import GatewayError
-from .transport import UpstreamResponse, passed_headers
+from ..upstream import UpstreamResponse, passed_headers
 
 
 class Provider(Protocol):

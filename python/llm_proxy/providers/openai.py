@@ -9,9 +9,9 @@ import msgspec
 from ..calls import Call, Deployment, Reply, ResponseHead
 from ..config import AzureProvider, OpenAIProvider
 from ..errors import GatewayError
+from ..upstream import UpstreamClient, UpstreamResponse, passed_headers
 from .base import upstream_error, upstream_timeout
 from .relay import RelayedStream
-from .transport import UpstreamClient, UpstreamResponse, passed_headers
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 _head_decoder = msgspec.json.Decoder(ResponseHead)

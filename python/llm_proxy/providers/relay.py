@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from .. import _core
 from ..calls import Call, StreamSummary
 from ..errors import GatewayError
-from .transport import UpstreamStream, passed_headers
+from ..upstream import UpstreamStream, passed_headers
 
 
 class RelayedStream:

@@ -8,13 +8,12 @@ import time
 
 from ..calls import Call, Outcome
 from ..config import Config
+from ..logstore import LogWriter, open_store
+from ..logstore.prices import PriceTable
+from ..logstore.record import RecordBuilder, load_encodings
+from ..logstore.redact import SecretMask
+from ..logstore.spool import Spool
 from .metrics import GatewayMetrics
-from .prices import PriceTable
-from .record import RecordBuilder, load_encodings
-from .redact import SecretMask
-from .spool import Spool
-from .store import open_store
-from .writer import RecordWriter
 
 log = logging.getLogger("llm_proxy.observe")
 
@@ -49,7 +48,7 @@ class CallRecorder:
         # Finished calls not yet recorded: built on the loop right after the response is sent.
         self._finished: list[tuple[Call, Outcome, float, float, object]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.writer = RecordWriter(
+        self.writer = LogWriter(
             builder,
             self.prometheus,
             store,

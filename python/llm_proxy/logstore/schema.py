@@ -1,4 +1,4 @@
-"""The log store interface and what the SQL backends share; `open_store` picks the backend."""
+"""The log store interface, its schema and migrations, and the SQL both backends share."""
 
 from __future__ import annotations
 
@@ -102,16 +102,3 @@ PURGE_BELOW = "DELETE FROM requests WHERE seq < ?"
 
 def retention_cutoff(days: float, now: float | None = None) -> float:
     return (time.time() if now is None else now) - days * 86400.0
-
-
-def open_store(url: str, timeout_s: float = 2.0) -> LogStore:
-    """The backend named by a `logging.store` URL."""
-    if url.startswith("sqlite://"):
-        from .sqlite import SqliteStore
-
-        return SqliteStore(url, timeout_s)
-    if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url, timeout_s)
-    raise ValueError(f"unsupported log store {url!r}: use sqlite:///PATH or postgresql://...")

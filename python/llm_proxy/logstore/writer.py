@@ -26,14 +26,16 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..calls import Call, Outcome
-from .metrics import GatewayMetrics
 from .record import LogRecord, RecordBuilder, as_row, new_id
+from .schema import LogStore, Row, StoreError, retention_cutoff
 from .spool import Spool
 from .sqlite import SMALL_INSERT, SqliteStore
-from .store import LogStore, Row, StoreError, retention_cutoff
+
+if TYPE_CHECKING:
+    from ..observe.metrics import GatewayMetrics
 
 log = logging.getLogger("llm_proxy.observe")
 
@@ -56,7 +58,7 @@ WriterPriority = Literal["idle", "normal"]
 Pending = tuple[LogRecord, Call, Outcome, Any]
 
 
-class RecordWriter:
+class LogWriter:
     """Owns the queue, the store connection and the spool; all I/O happens on its thread."""
 
     def __init__(

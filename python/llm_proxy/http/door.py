@@ -1,14 +1,12 @@
-"""The OpenAI-compatible HTTP front door: a Granian RSGI app that only translates."""
+"""The OpenAI-compatible HTTP front door: RSGI requests in, pipeline calls, responses out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import os
 from collections.abc import AsyncGenerator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol
@@ -17,12 +15,8 @@ from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
 from ..calls import Call, Endpoint, decode_call, new_request_id
-from ..config import Config, load_config
+from ..config import Config
 from ..errors import GatewayError
-
-if TYPE_CHECKING:
-    from ..grpc import GrpcServer
-from ..observe import build_observer
 from ..pipeline import Pipeline, PipelineStream
 
 log = logging.getLogger("llm_proxy.http")
@@ -61,45 +55,17 @@ def _cache_headers(call: Call) -> list[tuple[str, str]]:
     return [("x-llm-proxy-cache", call.cache_status), ("age", str(int(call.cache_age_s)))]
 
 
-class GatewayApp:
-    """RSGI application: `__rsgi_init__` starts the pipeline inside the worker's own loop."""
+class HttpDoor:
+    """The RSGI callable of one worker: translates each request and hands it to the pipeline."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, pipeline: Pipeline, metrics: Callable[[], tuple[str, bytes]]
+    ) -> None:
         self.config = config
-        self.grpc: GrpcServer | None = None
-        self.observer = build_observer(config)
-        self.pipeline = Pipeline(config, self.observer)
+        self.pipeline = pipeline
+        self.metrics = metrics
         self.max_body = config.server.max_body_bytes
         self._models_body = self._render_models()
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.run_until_complete(self.observer.start())
-        loop.run_until_complete(self.pipeline.start())
-        port = self.config.server.grpc_port
-        if port:
-            # Imported and built here, inside the worker's loop: grpc.aio objects belong to
-            # the loop that made them and must never exist before Granian forks.
-            from ..grpc import start_grpc
-
-            self.grpc = loop.run_until_complete(start_grpc(self.pipeline, self.config, port))
-        # Everything made so far (modules, config, pools, servers: ~40,000 objects) lives as
-        # long as the worker. Frozen, the garbage collector no longer walks it: its full
-        # collections, every few seconds under load, took up to 25 ms each (every request in
-        # flight waited) and now take under 1 ms. Startup's garbage is collected first, not
-        # frozen; whatever is built above must live as long as the worker.
-        gc.collect()
-        gc.freeze()
-
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.grpc is not None:
-            # Granian kills the worker at shutdown_grace_s; leave a margin to close the rest.
-            grace = max(0.5, self.config.server.shutdown_grace_s - 1.0)
-            loop.run_until_complete(self.grpc.stop(grace))
-        loop.run_until_complete(self.pipeline.close())
-        # Flushes every queued log record to the store (or the spool).
-        loop.run_until_complete(self.observer.close())
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -146,7 +112,7 @@ class GatewayApp:
         elif path == "/v1/models" or path == "/models":
             body = self._models_body
         elif path == "/metrics":
-            content_type, body = self.observer.metrics()
+            content_type, body = self.metrics()
             proto.response_bytes(200, [("content-type", content_type)], body)
             return
         elif path.startswith("/v1/models/"):
@@ -308,21 +274,3 @@ def _stream_failed(request_id: str) -> GatewayError:
     as a 502 (an HTTP error before the first event, an SSE error event after it)."""
     log.exception("stream %s failed", request_id)
     return GatewayError(502, "stream failed")
-
-
-def create_app() -> GatewayApp:
-    """Granian factory: loads the config named by LLM_PROXY_CONFIG (or the default one).
-
-    `llm-proxy serve` passes its --host / --grpc-port overrides as LLM_PROXY_HOST and
-    LLM_PROXY_GRPC_PORT.
-    """
-    config = load_config(os.environ.get("LLM_PROXY_CONFIG") or None)
-    server = config.server
-    host = os.environ.get("LLM_PROXY_HOST") or server.host
-    grpc_port = os.environ.get("LLM_PROXY_GRPC_PORT")
-    port = server.grpc_port if grpc_port in (None, "") else int(grpc_port)
-    if host != server.host or port != server.grpc_port:
-        config = msgspec.structs.replace(
-            config, server=msgspec.structs.replace(server, host=host, grpc_port=port)
-        )
-    return GatewayApp(config)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from .store import (
+from .schema import (
     KEEP_FROM,
     PURGE_BELOW,
     PURGE_OLD,

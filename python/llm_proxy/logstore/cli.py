@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from ..config import Config, ConfigError, load_config
-from .store import LogStore, StoreError, open_store
+from . import LogStore, StoreError, open_store
 
 _LIST_COLUMNS = (
     "seq",

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from .store import (
+from .schema import (
     KEEP_FROM,
     PURGE_BELOW,
     PURGE_OLD,

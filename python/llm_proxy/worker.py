@@ -1,0 +1,78 @@
+"""One worker: its config, stores, pipeline and both front doors, and their lifecycle.
+
+Granian forks the workers and calls `create_app` in each; `__rsgi_init__` then starts what
+needs the worker's own event loop (upstream pools, the log writer, the gRPC server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .config import Config, load_config
+from .http.door import HttpDoor
+from .observe import build_recorder
+from .pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from .grpc import GrpcServer
+
+
+class GatewayApp:
+    """The RSGI application of one worker; Granian serves its `__rsgi__` (the HTTP door)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.grpc: GrpcServer | None = None
+        self.recorder = build_recorder(config)
+        self.pipeline = Pipeline(config, self.recorder)
+        self.http = HttpDoor(config, self.pipeline, self.recorder.metrics)
+        # Granian calls `__rsgi__` per request: the door itself, with no hop through this object.
+        self.__rsgi__ = self.http.__call__
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.recorder.start())
+        loop.run_until_complete(self.pipeline.start())
+        port = self.config.server.grpc_port
+        if port:
+            # Imported and built here, inside the worker's loop: grpc.aio objects belong to
+            # the loop that made them and must never exist before Granian forks.
+            from .grpc import start_grpc
+
+            self.grpc = loop.run_until_complete(start_grpc(self.pipeline, self.config, port))
+        # What exists now lives as long as the worker: frozen, the collector never walks it
+        # again (its full collections would pause every request in flight). Startup's
+        # garbage is collected first, not frozen.
+        gc.collect()
+        gc.freeze()
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.grpc is not None:
+            # Granian kills the worker at shutdown_grace_s; leave a margin to close the rest.
+            grace = max(0.5, self.config.server.shutdown_grace_s - 1.0)
+            loop.run_until_complete(self.grpc.stop(grace))
+        loop.run_until_complete(self.pipeline.close())
+        # Flushes every queued log record to the store (or the spool).
+        loop.run_until_complete(self.recorder.close())
+
+
+def create_app() -> GatewayApp:
+    """Granian factory: loads the config named by LLM_PROXY_CONFIG (or the default one).
+
+    `llm-proxy serve` passes its --host / --grpc-port overrides as LLM_PROXY_HOST and
+    LLM_PROXY_GRPC_PORT.
+    """
+    config = load_config(os.environ.get("LLM_PROXY_CONFIG") or None)
+    server = config.server
+    host = os.environ.get("LLM_PROXY_HOST") or server.host
+    grpc_port = os.environ.get("LLM_PROXY_GRPC_PORT")
+    port = server.grpc_port if grpc_port in (None, "") else int(grpc_port)
+    if host != server.host or port != server.grpc_port:
+        config = msgspec.structs.replace(
+            config, server=msgspec.structs.replace(server, host=host, grpc_port=port)
+        )
+    return GatewayApp(config)
