@@ -12,15 +12,11 @@ import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import Message, RawMessageStreamEvent
 from anthropic.types.message_create_params import MessageCreateParams
-from llm_proxy.providers.anthropic_format import (
-    StreamTranslator,
-    TranslationError,
-    UpstreamStreamError,
-    chat_to_messages,
-    data_of,
-    error_to_openai,
-    messages_to_chat,
-)
+from llm_proxy.providers.anthropic.errors import error_to_openai
+from llm_proxy.providers.anthropic.request import TranslationError, chat_to_messages
+from llm_proxy.providers.anthropic.response import messages_to_chat
+from llm_proxy.providers.anthropic.stream import StreamTranslator, UpstreamStreamError
+from llm_proxy.wire.sse import event_data as data_of
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 

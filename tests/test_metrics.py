@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from llm_proxy.observe.metrics import _LATENCY, _OVERHEAD, UNKNOWN_MODEL, GatewayMetrics
 from llm_proxy.logstore.record import LogRecord
+from llm_proxy.observe.metrics import _LATENCY, _OVERHEAD, UNKNOWN_MODEL, GatewayMetrics
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -32,6 +32,9 @@ def count_tokens(text: str, encoding: str = "o200k_base") -> int:
     listing the known encodings when `encoding` is unknown.
     """
 
+def openai_finish_reason(stop_reason: str | None = None) -> str:
+    """OpenAI's finish_reason for an Anthropic stop_reason (unknown reasons read as "stop")."""
+
 def encoding_loaded(encoding: str) -> bool:
     """Whether `encoding`'s tables are loaded in this process: its first count loads them
     (o200k_base: ~130 ms and ~45 MiB). Raises ValueError when `encoding` is unknown."""

@@ -13,6 +13,16 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from .errors import bad_request
+from .wire.openai import (
+    ChatHead,
+    CompletionHead,
+    EmbeddingHead,
+    PromptTokensDetails,
+    ResponseHead,
+    Usage,
+)
+
+__all__ = ["PromptTokensDetails", "ResponseHead", "Usage"]
 
 Endpoint = Literal["chat", "completions", "embeddings"]
 
@@ -42,49 +52,6 @@ _request_ids = itertools.count(1)
 def new_request_id() -> str:
     """A request id for a client that sent none: 32 hex digits, far cheaper than uuid4."""
     return f"{PROCESS_PREFIX}{next(_request_ids):016x}"
-
-
-class StreamOptions(msgspec.Struct):
-    include_usage: bool | None = None
-
-
-class ChatHead(msgspec.Struct):
-    """The parts of a chat request the gateway reads; the rest is forwarded untouched."""
-
-    model: str
-    messages: msgspec.Raw
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-
-
-class CompletionHead(msgspec.Struct):
-    model: str
-    prompt: msgspec.Raw
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-
-
-class EmbeddingHead(msgspec.Struct):
-    model: str
-    input: msgspec.Raw
-
-
-class PromptTokensDetails(msgspec.Struct):
-    cached_tokens: int = 0
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    # Read with the rest of the usage, so the log stage never decodes the answer again.
-    prompt_tokens_details: PromptTokensDetails | None = None
-
-
-class ResponseHead(msgspec.Struct):
-    """What the gateway reads of an upstream's whole OpenAI-format answer."""
-
-    usage: Usage | None = None
 
 
 @dataclass(slots=True)

@@ -77,6 +77,13 @@ mod bindings {
     }
 
     /// Whether `encoding`'s tables are loaded in this process (its first count loads them).
+    /// The OpenAI finish_reason for an Anthropic stop_reason (the one table both languages use).
+    #[pyfunction]
+    #[pyo3(signature = (stop_reason = None))]
+    fn openai_finish_reason(stop_reason: Option<&str>) -> &'static str {
+        sse::openai_finish_reason(stop_reason.unwrap_or("end_turn"))
+    }
+
     #[pyfunction]
     fn encoding_loaded(encoding: &str) -> PyResult<bool> {
         Ok(self::encoding(encoding)?.is_loaded())
@@ -236,6 +243,7 @@ mod bindings {
         m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
         m.add_function(wrap_pyfunction!(encoding_for_model, m)?)?;
         m.add_function(wrap_pyfunction!(encoding_loaded, m)?)?;
+        m.add_function(wrap_pyfunction!(openai_finish_reason, m)?)?;
         m.add_function(wrap_pyfunction!(count_chat_tokens, m)?)?;
         m.add_class::<SseRelay>()?;
         m.add_class::<StreamSummary>()?;

@@ -338,13 +338,14 @@ fn push_json_string(out: &mut String, s: &str) {
 }
 
 /// Anthropic's `stop_reason` in OpenAI's `finish_reason` terms.
-pub fn openai_finish_reason(stop_reason: &str) -> &str {
+pub fn openai_finish_reason(stop_reason: &str) -> &'static str {
     match stop_reason {
-        "end_turn" | "stop_sequence" => "stop",
-        "max_tokens" => "length",
+        "end_turn" | "stop_sequence" | "pause_turn" => "stop",
+        "max_tokens" | "model_context_window_exceeded" => "length",
         "tool_use" => "tool_calls",
         "refusal" => "content_filter",
-        other => other,
+        // OpenAI clients know only the reasons above; an unknown one reads as a normal stop.
+        _ => "stop",
     }
 }
 
@@ -902,6 +903,9 @@ mod tests {
         assert_eq!(openai_finish_reason("stop_sequence"), "stop");
         assert_eq!(openai_finish_reason("max_tokens"), "length");
         assert_eq!(openai_finish_reason("tool_use"), "tool_calls");
-        assert_eq!(openai_finish_reason("pause_turn"), "pause_turn");
+        assert_eq!(openai_finish_reason("pause_turn"), "stop");
+        assert_eq!(openai_finish_reason("model_context_window_exceeded"), "length");
+        assert_eq!(openai_finish_reason("refusal"), "content_filter");
+        assert_eq!(openai_finish_reason("something_new"), "stop");
     }
 }

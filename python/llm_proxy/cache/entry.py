@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Protocol
 
 import msgspec
 
 from ..calls import StreamSummary
+from ..wire.openai import NULL, Completion, completion_decoder
+from ..wire.sse import data_event, event_data, split_events
 
-DONE_EVENT = b"data: [DONE]\n\n"
+_json = msgspec.json.Encoder()
 
 
 class CacheEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -78,49 +79,6 @@ def decode_entry(data: bytes) -> CacheEntry:
 # -- building an entry from a finished stream (runs in the writer, off the response path) --
 
 
-class _Delta(msgspec.Struct):
-    content: str | None = None
-
-
-class _ChunkChoice(msgspec.Struct):
-    index: int = 0
-    delta: _Delta | None = None
-    text: str | None = None
-    logprobs: msgspec.Raw = msgspec.Raw(b"null")
-
-
-class _Chunk(msgspec.Struct):
-    id: str = ""
-    object: str = ""
-    created: int = 0
-    model: str = ""
-    choices: list[_ChunkChoice] = []
-    usage: msgspec.Raw = msgspec.Raw(b"null")
-
-
-_chunk_decoder = msgspec.json.Decoder(_Chunk)
-_json = msgspec.json.Encoder()
-
-
-def event_payload(event: bytes) -> bytes | None:
-    """The JSON of a `data:` event, or None for `[DONE]` and non-data events."""
-    if not event.startswith(b"data:"):
-        return None
-    payload = event[5:].strip()
-    if payload == b"[DONE]":
-        return None
-    return payload
-
-
-_EVENT_END = re.compile(rb"(?<=\n\n)|(?<=\r\n\r\n)|(?<=\r\r)")
-
-
-def split_events(blob: bytes) -> list[bytes]:
-    """The SSE events in `blob` (a stream relays the events of one upstream read together)."""
-    parts = _EVENT_END.split(blob)
-    return [p for p in parts if p] if len(parts) > 1 else [blob]
-
-
 def stream_entry(
     events: list[bytes], summary: StreamSummary, created: float, prompt_tokens: int
 ) -> CacheEntry | None:
@@ -129,25 +87,25 @@ def stream_entry(
     usage_event = b""
     parts: list[str] = []
     whole_ok = True
-    first: _Chunk | None = None
+    first: Completion | None = None
     for event in (e for blob in events for e in split_events(blob)):
-        payload = event_payload(event)
+        payload = event_data(event)
         if payload is None:
-            if event.startswith(b"data:"):
-                continue  # [DONE]
             kept.append(event)
             continue
+        if payload == b"[DONE]":
+            continue
         try:
-            chunk = _chunk_decoder.decode(payload)
+            chunk = completion_decoder.decode(payload)
         except msgspec.DecodeError:
             return None
         if first is None:
             first = chunk
-        if not chunk.choices and bytes(chunk.usage) != b"null":
+        if not chunk.choices and chunk.usage != NULL:
             usage_event = event
             continue
         for choice in chunk.choices:
-            if choice.index != 0 or bytes(choice.logprobs) != b"null":
+            if choice.index != 0 or choice.logprobs != NULL:
                 whole_ok = False
             piece = choice.delta.content if choice.delta is not None else choice.text
             if piece:
@@ -162,10 +120,8 @@ def stream_entry(
             "total_tokens": prompt_tokens + summary.completion_tokens,
         }
         base = {"id": first.id, "object": first.object, "created": first.created}
-        usage_event = (
-            b"data: "
-            + _json.encode({**base, "model": first.model, "choices": [], "usage": usage})
-            + b"\n\n"
+        usage_event = data_event(
+            _json.encode({**base, "model": first.model, "choices": [], "usage": usage})
         )
     return CacheEntry(
         created=created,

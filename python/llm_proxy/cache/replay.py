@@ -8,7 +8,9 @@ from typing import Any
 import msgspec
 
 from ..calls import Call, SimpleSummary, StreamSummary, Usage
-from .entry import DONE_EVENT, CacheEntry, event_payload
+from ..wire.openai import NULL, Function, Message, completion_decoder
+from ..wire.sse import DONE_EVENT, data_event, event_data
+from .entry import CacheEntry
 
 _json = msgspec.json.Encoder()
 
@@ -72,55 +74,16 @@ def entry_usage(entry: CacheEntry) -> Usage:
 # -- whole -> stream ------------------------------------------------------------------------
 
 
-class _ToolFunction(msgspec.Struct):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class _ToolCall(msgspec.Struct):
-    id: str | None = None
-    type: str = "function"
-    function: _ToolFunction | None = None
-
-
-class _Message(msgspec.Struct):
-    role: str = "assistant"
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[_ToolCall] | None = None
-
-
-class _Choice(msgspec.Struct):
-    index: int = 0
-    message: _Message | None = None
-    text: str | None = None
-    finish_reason: str | None = None
-    logprobs: msgspec.Raw = msgspec.Raw(b"null")
-
-
-class _Whole(msgspec.Struct):
-    id: str = ""
-    object: str = ""
-    created: int = 0
-    model: str = ""
-    system_fingerprint: str | None = None
-    choices: list[_Choice] = []
-    usage: msgspec.Raw = msgspec.Raw(b"null")
-
-
-_whole_decoder = msgspec.json.Decoder(_Whole)
-
-
 def _event(obj: dict[str, Any]) -> bytes:
-    return b"data: " + _json.encode(obj) + b"\n\n"
+    return data_event(_json.encode(obj))
 
 
 def _synthesize_events(body: bytes, call: Call) -> list[bytes] | None:
     try:
-        whole = _whole_decoder.decode(body)
+        whole = completion_decoder.decode(body)
     except msgspec.DecodeError:
         return None
-    if any(bytes(c.logprobs) != b"null" for c in whole.choices):
+    if any(c.logprobs != NULL for c in whole.choices):
         return None
     chat = call.endpoint == "chat"
     base: dict[str, Any] = {
@@ -138,8 +101,9 @@ def _synthesize_events(body: bytes, call: Call) -> list[bytes] | None:
             events.append(_event({**base, "choices": [_text_choice(i, choice.text or "", None)]}))
             events.append(_event({**base, "choices": [_text_choice(i, "", choice.finish_reason)]}))
             continue
-        msg = choice.message or _Message()
-        events.append(_event({**base, "choices": [_delta(i, {"role": msg.role, "content": ""})]}))
+        msg = choice.message or Message()
+        role = msg.role or "assistant"
+        events.append(_event({**base, "choices": [_delta(i, {"role": role, "content": ""})]}))
         if msg.content:
             events.append(_event({**base, "choices": [_delta(i, {"content": msg.content})]}))
         if msg.refusal:
@@ -149,14 +113,14 @@ def _synthesize_events(body: bytes, call: Call) -> list[bytes] | None:
                 {
                     "index": n,
                     "id": tc.id,
-                    "type": tc.type,
-                    "function": msgspec.structs.asdict(tc.function or _ToolFunction()),
+                    "type": tc.type or "function",
+                    "function": msgspec.structs.asdict(tc.function or Function()),
                 }
                 for n, tc in enumerate(msg.tool_calls)
             ]
             events.append(_event({**base, "choices": [_delta(i, {"tool_calls": calls})]}))
         events.append(_event({**base, "choices": [_delta(i, {}, choice.finish_reason)]}))
-    if call.include_usage and bytes(whole.usage) != b"null":
+    if call.include_usage and whole.usage != NULL:
         events.append(
             b"data: "
             + _json.encode({**base, "choices": []})[:-1]
@@ -179,21 +143,11 @@ def _text_choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
 # -- stream -> whole ------------------------------------------------------------------------
 
 
-class _Head(msgspec.Struct):
-    id: str = ""
-    created: int = 0
-    model: str = ""
-    system_fingerprint: str | None = None
-
-
-_head_decoder = msgspec.json.Decoder(_Head)
-
-
 def _assemble_whole(entry: CacheEntry, call: Call) -> bytes | None:
-    payload = next((p for e in entry.events if (p := event_payload(e)) is not None), None)
+    payload = next((p for e in entry.events if (p := event_data(e)) is not None), None)
     if payload is None:
         return None
-    head = _head_decoder.decode(payload)
+    head = completion_decoder.decode(payload)
     usage = {
         "prompt_tokens": entry.prompt_tokens,
         "completion_tokens": entry.completion_tokens,

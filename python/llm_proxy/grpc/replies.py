@@ -10,109 +10,34 @@ import msgspec
 
 from ..calls import Call
 from ..errors import GatewayError
+from ..wire.openai import (
+    NULL,
+    Completion,
+    Function,
+    Message,
+    ToolCall,
+    Usage,
+    completion_decoder,
+    embeddings_decoder,
+    error_decoder,
+    error_message,
+    usage_decoder,
+)
+from ..wire.sse import event_data
 from .gen import gateway_pb2 as pb
 
-
-class _Function(msgspec.Struct):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class _ToolCall(msgspec.Struct):
-    index: int = 0
-    id: str | None = None
-    type: str | None = None
-    function: _Function | None = None
-
-
-class _Message(msgspec.Struct):
-    role: str | None = None
-    content: str | None = None
-    tool_calls: list[_ToolCall] | None = None
-    refusal: str | None = None
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-class _ChatChoice(msgspec.Struct):
-    index: int = 0
-    message: _Message | None = None
-    finish_reason: str | None = None
-
-
-class _ChatCompletion(msgspec.Struct):
-    id: str = ""
-    model: str = ""
-    created: int = 0
-    choices: list[_ChatChoice] = []
-    usage: _Usage | None = None
-    system_fingerprint: str | None = None
-
-
-class _ChunkChoice(msgspec.Struct):
-    index: int = 0
-    delta: _Message | None = None
-    finish_reason: str | None = None
-
-
-class _Chunk(msgspec.Struct):
-    id: str = ""
-    model: str = ""
-    created: int = 0
-    choices: list[_ChunkChoice] = []
-    usage: _Usage | None = None
-    system_fingerprint: str | None = None
-    error: msgspec.Raw | None = None
-
-
-class _TextChoice(msgspec.Struct):
-    index: int = 0
-    text: str = ""
-    finish_reason: str | None = None
-
-
-class _TextCompletion(msgspec.Struct):
-    id: str = ""
-    model: str = ""
-    created: int = 0
-    choices: list[_TextChoice] = []
-    usage: _Usage | None = None
-
-
-class _Embedding(msgspec.Struct):
-    index: int = 0
-    embedding: list[float] | str = []
-
-
-class _EmbeddingList(msgspec.Struct):
-    model: str = ""
-    data: list[_Embedding] = []
-    usage: _Usage | None = None
-
-
-class _ErrorBody(msgspec.Struct):
-    message: str | None = None
-
-
-class _Error(msgspec.Struct):
-    error: _ErrorBody | str
-
-
 _T = TypeVar("_T")
-_chat = msgspec.json.Decoder(_ChatCompletion)
-_chunk = msgspec.json.Decoder(_Chunk)
-_text = msgspec.json.Decoder(_TextCompletion)
-_embeddings = msgspec.json.Decoder(_EmbeddingList)
-_error = msgspec.json.Decoder(_Error)
 
 
-def _usage(usage: _Usage | None) -> pb.Usage | None:
-    if usage is None:
+def _usage(raw: msgspec.Raw | Usage | None) -> pb.Usage | None:
+    if raw is None:
         return None
+    if isinstance(raw, msgspec.Raw):
+        if raw == NULL:
+            return None
+        usage = _decode(usage_decoder, bytes(raw))
+    else:
+        usage = raw
     return pb.Usage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
@@ -120,12 +45,12 @@ def _usage(usage: _Usage | None) -> pb.Usage | None:
     )
 
 
-def _tool_calls(calls: list[_ToolCall] | None) -> list[pb.ToolCall]:
+def _tool_calls(calls: list[ToolCall] | None) -> list[pb.ToolCall]:
     if not calls:
         return []
     out = []
     for c in calls:
-        fn = c.function or _Function()
+        fn = c.function or Function()
         out.append(
             pb.ToolCall(
                 id=c.id or "",
@@ -144,10 +69,10 @@ def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
 
 
 def chat_response(body: bytes, call: Call) -> pb.ChatCompletionResponse:
-    data = _decode(_chat, body)
+    data = _decode(completion_decoder, body)
     choices = []
     for c in data.choices:
-        m = c.message or _Message()
+        m = c.message or Message()
         message = pb.ChatMessage(
             role=m.role or "assistant",
             content=m.content,
@@ -170,13 +95,15 @@ def chat_response(body: bytes, call: Call) -> pb.ChatCompletionResponse:
 
 
 def completion_response(body: bytes, call: Call) -> pb.CompletionResponse:
-    data = _decode(_text, body)
+    data = _decode(completion_decoder, body)
     return pb.CompletionResponse(
         id=data.id,
         model=data.model,
         created=data.created,
         choices=[
-            pb.CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason or "")
+            pb.CompletionChoice(
+                index=c.index, text=c.text or "", finish_reason=c.finish_reason or ""
+            )
             for c in data.choices
         ],
         usage=_usage(data.usage),
@@ -192,7 +119,7 @@ def _vector(embedding: list[float] | str) -> list[float] | array[float]:
 
 
 def embed_response(body: bytes, call: Call) -> pb.EmbedResponse:
-    data = _decode(_embeddings, body)
+    data = _decode(embeddings_decoder, body)
     return pb.EmbedResponse(
         model=data.model,
         data=[pb.Embedding(index=e.index, embedding=_vector(e.embedding)) for e in data.data],
@@ -200,18 +127,6 @@ def embed_response(body: bytes, call: Call) -> pb.EmbedResponse:
         request_id=call.request_id,
         cache_status=call.cache_status,
     )
-
-
-def _data(event: bytes) -> bytes | None:
-    """The data of one SSE event (None for comments and keep-alives)."""
-    if event.startswith(b"data: ") and event.find(b"\n") == len(event) - 2:
-        return event[6:-2]
-    lines = [
-        line[5:].removeprefix(b" ")
-        for line in event.replace(b"\r\n", b"\n").split(b"\n")
-        if line.startswith(b"data:")
-    ]
-    return b"\n".join(lines) if lines else None
 
 
 class ChunkRenderer:
@@ -226,20 +141,20 @@ class ChunkRenderer:
     def render(self, events: bytes) -> list[pb.StreamChatCompletionResponse]:
         out = []
         for event in (events,) if events.count(b"\n\n") <= 1 else events.split(b"\n\n"):
-            data = _data(event)
+            data = event_data(event)
             if data is None:
                 continue
             if data == b"[DONE]":
                 continue
-            out.append(self._message(_decode(_chunk, data)))
+            out.append(self._message(_decode(completion_decoder, data)))
         return out
 
-    def _message(self, chunk: _Chunk) -> pb.StreamChatCompletionResponse:
+    def _message(self, chunk: Completion) -> pb.StreamChatCompletionResponse:
         if chunk.error is not None:
             raise _stream_error(bytes(chunk.error))
         choices = []
         for c in chunk.choices:
-            d = c.delta or _Message()
+            d = c.delta or Message()
             calls = [
                 pb.ToolCallDelta(
                     index=t.index,
@@ -273,8 +188,7 @@ class ChunkRenderer:
 
 def _stream_error(raw: bytes) -> GatewayError:
     try:
-        error = _error.decode(b'{"error":' + raw + b"}").error
-        message = error if isinstance(error, str) else error.message
+        message = error_message(error_decoder.decode(b'{"error":' + raw + b"}"))
     except (msgspec.DecodeError, msgspec.ValidationError):
         message = None
     return GatewayError(502, f"the upstream failed mid-stream: {message or 'unknown error'}")

@@ -10,6 +10,7 @@ import msgspec
 
 from .. import _core, calls
 from ..calls import Call, Outcome
+from ..wire.openai import AnswerContent, answer_decoder
 from .prices import PriceTable
 from .redact import SecretMask, redact
 
@@ -69,45 +70,19 @@ def new_id(ts: float) -> str:
 # -- reading what the upstream answered -----------------------------------------------------
 
 
-class _Details(msgspec.Struct):
-    cached_tokens: int = 0
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prompt_tokens_details: _Details | None = None
-
-
-class _Message(msgspec.Struct):
-    content: str | None = None
-    tool_calls: msgspec.Raw | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _Message | None = None
-    text: str | None = None
-
-
-class _Answer(msgspec.Struct):
-    choices: list[_Choice] = []
-    usage: _Usage | None = None
-
-
-_answer = msgspec.json.Decoder(_Answer)
 _any = msgspec.json.Decoder()
 
 
-def _read_answer(body: bytes | None) -> _Answer | None:
+def _read_answer(body: bytes | None) -> AnswerContent | None:
     if not body:
         return None
     try:
-        return _answer.decode(body)
+        return answer_decoder.decode(body)
     except msgspec.DecodeError:
         return None
 
 
-def _completion_of(answer: _Answer | None) -> tuple[str, str | None]:
+def _completion_of(answer: AnswerContent | None) -> tuple[str, str | None]:
     if answer is None:
         return "", None
     texts: list[str] = []
@@ -193,7 +168,7 @@ class RecordBuilder:
         deployment = call.deployment
         count_model = deployment.model if deployment is not None else call.model
         summary = outcome.summary
-        answer: _Answer | None = None
+        answer: AnswerContent | None = None
 
         prompt_tokens: int | None = None
         completion_tokens: int | None = None

@@ -9,6 +9,7 @@ import msgspec
 from ..calls import Call, Deployment, EventStream, Reply
 from ..errors import GatewayError
 from ..upstream import UpstreamResponse, passed_headers
+from ..wire.openai import error_decoder, error_message
 
 
 class Provider(Protocol):
@@ -20,20 +21,6 @@ class Provider(Protocol):
     async def close(self) -> None: ...
     async def complete(self, call: Call, deployment: Deployment) -> Reply: ...
     async def stream(self, call: Call, deployment: Deployment) -> EventStream: ...
-
-
-class _OpenAIErrorBody(msgspec.Struct):
-    message: str | None = None
-    type: str | None = None
-    param: str | None = None
-    code: str | int | None = None
-
-
-class _OpenAIError(msgspec.Struct):
-    error: _OpenAIErrorBody | str
-
-
-_error_decoder = msgspec.json.Decoder(_OpenAIError)
 
 
 def upstream_timeout(call: Call, limit: float) -> float:
@@ -53,8 +40,8 @@ def upstream_error(resp: UpstreamResponse, provider: str) -> GatewayError:
     headers = passed_headers(resp.headers)
     message = None
     try:
-        parsed = _error_decoder.decode(resp.body)
-        message = parsed.error if isinstance(parsed.error, str) else parsed.error.message
+        parsed = error_decoder.decode(resp.body)
+        message = error_message(parsed)
     except msgspec.DecodeError:
         parsed = None
     if 400 <= resp.status < 500:

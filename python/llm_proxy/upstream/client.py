@@ -326,4 +326,3 @@ class UpstreamClient:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-

@@ -7,20 +7,24 @@ from typing import Any
 
 import msgspec
 
-from ..calls import Call, Deployment, PromptTokensDetails, Reply, Usage
-from ..config import AnthropicProvider
-from ..errors import GatewayError
-from ..upstream import UpstreamClient, UpstreamResponse, UpstreamStream, passed_headers
-from . import anthropic_format as fmt
-from .base import upstream_timeout
-from .relay import RelayedStream
+from ...calls import Call, Deployment, PromptTokensDetails, Reply, Usage
+from ...config import AnthropicProvider
+from ...errors import GatewayError
+from ...upstream import UpstreamClient, UpstreamResponse, UpstreamStream, passed_headers
+from ...wire.sse import event_data
+from ..base import upstream_timeout
+from ..relay import RelayedStream
+from .errors import error_to_openai
+from .request import TranslationError, chat_to_messages
+from .response import messages_to_chat
+from .stream import StreamTranslator, UpstreamStreamError
 
 _decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
 
 
 def _translated_error(resp: UpstreamResponse, provider: str) -> GatewayError:
-    status, body = fmt.error_to_openai(resp.status, resp.body)
+    status, body = error_to_openai(resp.status, resp.body)
     error = msgspec.json.decode(body).get("error", {})
     message = error.get("message") or f"upstream {provider} answered {resp.status}"
     headers = passed_headers(resp.headers)
@@ -41,15 +45,15 @@ class TranslatedStream(RelayedStream):
 
     def __init__(self, upstream: UpstreamStream, call: Call, deployment: Deployment) -> None:
         super().__init__(upstream, call, "anthropic", deployment.model)
-        self._translator = fmt.StreamTranslator(call.model, int(time.time()), call.include_usage)
+        self._translator = StreamTranslator(call.model, int(time.time()), call.include_usage)
 
     def translate(self, event: bytes) -> list[bytes]:
-        data = fmt.data_of(event)
+        data = event_data(event)
         if data is None:
             return []
         try:
             return self._translator.event(data)
-        except fmt.UpstreamStreamError as exc:
+        except UpstreamStreamError as exc:
             raise GatewayError(502, f"upstream stream error: {exc}") from None
         except (msgspec.DecodeError, ValueError):
             raise GatewayError(502, "upstream sent a bad stream event") from None
@@ -86,10 +90,10 @@ class Anthropic:
                 400, f"the anthropic provider serves chat completions only, not {call.endpoint}"
             )
         try:
-            body = fmt.chat_to_messages(
+            body = chat_to_messages(
                 _decoder.decode(call.body), deployment.model, self.config.max_tokens
             )
-        except fmt.TranslationError as exc:
+        except TranslationError as exc:
             raise GatewayError(400, str(exc), param=exc.param) from None
         return _encoder.encode(body)
 
@@ -105,7 +109,7 @@ class Anthropic:
             raise _translated_error(resp, self.name)
         try:
             answer = _decoder.decode(resp.body)
-            chat = fmt.messages_to_chat(answer, call.model, int(time.time()))
+            chat = messages_to_chat(answer, call.model, int(time.time()))
         except (msgspec.DecodeError, ValueError, KeyError, TypeError):
             raise GatewayError(502, f"upstream {self.name} answered with invalid JSON") from None
         usage = chat.get("usage") or {}
