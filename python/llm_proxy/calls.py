@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
@@ -21,6 +21,9 @@ from .wire.openai import (
     ResponseHead,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from .observe.tracing import CallSpan
 
 __all__ = ["PromptTokensDetails", "ResponseHead", "Usage"]
 
@@ -90,6 +93,8 @@ class Call:
     team: str | None = None
     # W3C trace context for the upstream request (set only when tracing is on).
     trace_headers: list[tuple[str, str]] | None = None
+    # The call's trace span, when tracing is on and the call is sampled.
+    span: CallSpan | None = None
 
     def remaining_s(self, limit: float) -> float:
         """The time the upstream may take: the provider's limit, bounded by the deadline."""

@@ -1,40 +1,67 @@
-"""The pipeline: the one place that knows the order of the stages.
+"""The pipeline: the one place that knows the order of the stages, the same for both doors.
 
-authenticate -> policy -> route -> cache lookup -> provider -> relay -> cache store -> log
-(each traced as a child of the call's span when `telemetry.otlp_endpoint` is set)
+Every call, whole or streamed, runs:
+
+1. admission: each stage of `Pipeline.admission` in order. Today that is `route` (the
+   model name to its deployment: an unknown model is refused here). The coming stages
+   (authenticate, limits and budgets, input guardrails, prompt rendering) join this list;
+   any stage refuses a call by raising GatewayError.
+2. `cache.lookup`: a hit answers the call (replayed as a stream when streamed); 3 is skipped.
+3. `upstream`: the deployment's provider answers, whole or as an event stream (routing
+   across deployments with retries and fallbacks wraps this step). A whole answer fills
+   the cache here.
+4. relay (streams): each event goes to the client as it arrives (`PipelineStream`); a
+   stream that finished whole is stored in the cache when it ends.
+5. record: the recorder gets every call exactly once, whatever happened (refused,
+   failed, cancelled or answered), after the response is on its way.
+
+With tracing on, the call has a span (`call.span`) and each named step above is a child span.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Protocol
 
 from .cache import CacheTicket, ResponseCache, build_cache
 from .calls import Call, Deployment, EventStream, Outcome, Reply, StreamSummary
 from .config import Config
 from .errors import GatewayError, model_not_found
-from .observe.tracing import CallSpan, Tracer, build_tracer
+from .observe.tracing import Tracer, build_tracer
 from .providers import Provider, build_provider
 
 
-class Observer(Protocol):
+class Recorder(Protocol):
     """Receives every finished call (log records, metrics); must never block."""
 
     def finished(self, call: Call, outcome: Outcome) -> None: ...
 
 
-class NullObserver:
+class NullRecorder:
     def finished(self, call: Call, outcome: Outcome) -> None:
         return None
 
 
-class Router:
-    """Resolves the model name a client asked for to a deployment and its provider."""
+class Stage(Protocol):
+    """An admission stage: checks or changes the call, or refuses it with GatewayError.
 
-    def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
-        self._providers = providers
+    A stage that needs I/O returns an awaitable; one that does not returns None (and costs
+    no coroutine).
+    """
+
+    name: str
+
+    def __call__(self, call: Call) -> Awaitable[None] | None: ...
+
+
+class Router:
+    """The `route` stage: the model name a client asked for to its deployment."""
+
+    name = "route"
+
+    def __init__(self, config: Config) -> None:
         self._deployments = {
             name: Deployment(name, model.provider, model.model)
             for name, model in config.models.items()
@@ -43,12 +70,11 @@ class Router:
     def names(self) -> list[str]:
         return list(self._deployments)
 
-    def route(self, call: Call) -> tuple[Deployment, Provider]:
+    def __call__(self, call: Call) -> None:
         deployment = self._deployments.get(call.model)
         if deployment is None:
             raise model_not_found(call.model)
         call.deployment = deployment
-        return deployment, self._providers[deployment.provider]
 
 
 class PipelineStream:
@@ -60,27 +86,24 @@ class PipelineStream:
         call: Call,
         inner: EventStream,
         cache_ticket: CacheTicket | None = None,
-        span: CallSpan | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._call = call
         self._inner = inner
         # Set when the finished stream should be stored in the cache.
         self._ticket = cache_ticket if cache_ticket is not None and cache_ticket.store else None
-        self._span = span
         self._recorded = False
         self.headers = inner.headers
         self.request_id = call.request_id
 
     async def __aiter__(self) -> AsyncGenerator[bytes, None]:
         call = self._call
-        span = self._span
         outcome = Outcome(status=499, error_type="client_closed")
         first = True
         kept: list[bytes] | None = [] if self._ticket is not None else None
         budget = self._pipeline.cache.max_bytes if self._pipeline.cache is not None else 0
-        if span is not None:
-            span.stage("stream.relay")
+        if call.span is not None:
+            call.span.stage("stream.relay")
         try:
             async for event in self._inner:
                 if first:
@@ -112,9 +135,9 @@ class PipelineStream:
                 and outcome.status == 200
                 and outcome.summary is not None
             ):
-                cache.store_stream(call, self._ticket, kept, outcome.summary, span)
+                cache.store_stream(call, self._ticket, kept, outcome.summary)
             self._recorded = True
-            self._pipeline._ended(call, outcome, span)
+            self._pipeline.ended(call, outcome)
 
     def summary(self) -> StreamSummary | None:
         return self._inner.summary()
@@ -125,10 +148,14 @@ class PipelineStream:
             self._recorded = True
             outcome = Outcome(status=499, error_type="client_closed")
             outcome.summary = self._inner.summary()
-            self._pipeline._ended(self._call, outcome, self._span)
+            self._pipeline.ended(self._call, outcome)
 
 
-def _abandoned(exc: BaseException) -> Outcome:
+def _failed(exc: BaseException) -> Outcome:
+    """The outcome of a call that raised: refused or failed (GatewayError), cancelled (the
+    client left, its deadline passed) or a bug; each is still one log record."""
+    if isinstance(exc, GatewayError):
+        return Outcome(exc.status, exc.type, exc.message)
     if isinstance(exc, asyncio.CancelledError):
         return Outcome(499, "client_closed", "the client left before the answer")
     return Outcome(500, "internal_error", type(exc).__name__)
@@ -137,11 +164,13 @@ def _abandoned(exc: BaseException) -> Outcome:
 class Pipeline:
     """Runs a Call through the stages; shared by the HTTP and gRPC front doors."""
 
-    def __init__(self, config: Config, observer: Observer | None = None) -> None:
+    def __init__(self, config: Config, recorder: Recorder | None = None) -> None:
         self.config = config
         self.providers = {name: build_provider(name, p) for name, p in config.providers.items()}
-        self.router = Router(config, self.providers)
-        self.observer: Observer = observer or NullObserver()
+        self.router = Router(config)
+        # Admission stages, in order (see the module docstring).
+        self.admission: list[Stage] = [self.router]
+        self.recorder: Recorder = recorder or NullRecorder()
         self.cache: ResponseCache | None = build_cache(config.cache)
         # Built by start(), inside the worker: its exporter holds a gRPC channel and a thread.
         self.tracer: Tracer | None = None
@@ -168,78 +197,82 @@ class Pipeline:
     def model_names(self) -> list[str]:
         return self.router.names()
 
-    # Tracing is optional and must cost nothing when off: `span` is None then, and each stage
-    # pays one `is not None` check (no context managers, no no-op spans).
+    # Tracing must cost nothing when off: `call.span` is None then, and each step pays one
+    # `is not None` check (no context managers, no no-op spans).
+
+    async def _admit(self, call: Call) -> Provider:
+        """Steps 1 (admission) of both paths; the provider of the call's deployment."""
+        if self.tracer is not None:
+            call.span = self.tracer.start(call)
+        span = call.span
+        for stage in self.admission:
+            if span is not None:
+                span.stage(stage.name)
+            pending = stage(call)
+            if pending is not None:
+                await pending
+        deployment = call.deployment
+        assert deployment is not None, "the route stage sets the deployment"
+        return self.providers[deployment.provider]
 
     async def complete(self, call: Call) -> Reply:
         """A whole answer."""
-        cache = self.cache
-        span = self.tracer.start(call) if self.tracer is not None else None
         try:
-            # Routing is a dict lookup: done first so a hit is logged with its deployment.
-            if span is not None:
-                span.stage("route")
-            deployment, provider = self.router.route(call)
+            provider = await self._admit(call)
+            deployment = call.deployment
+            assert deployment is not None
+            cache = self.cache
+            span = call.span
             ticket = None
             if cache is not None:
                 if span is not None:
                     span.stage("cache.lookup")
                 ticket, hit = await cache.lookup_reply(call)
                 if hit is not None:
-                    self._ended(
-                        call, Outcome(hit.status, usage=hit.usage, response_body=hit.body), span
-                    )
+                    self.ended(call, Outcome(hit.status, usage=hit.usage, response_body=hit.body))
                     return hit
             if span is not None:
                 span.upstream(deployment)
             if cache is not None and ticket is not None:
                 # Calls the provider and queues the cache write.
-                reply = await cache.fill(
-                    call, ticket, lambda: provider.complete(call, deployment), span
-                )
+                reply = await cache.fill(call, ticket, lambda: provider.complete(call, deployment))
             else:
                 reply = await provider.complete(call, deployment)
-        except GatewayError as exc:
-            self._ended(call, Outcome(exc.status, exc.type, exc.message), span)
-            raise
         except BaseException as exc:
-            # Cancelled (the client left, its deadline passed) or a bug: still one log record.
-            self._ended(call, _abandoned(exc), span)
+            self.ended(call, _failed(exc))
             raise
-        self._ended(call, Outcome(reply.status, usage=reply.usage, response_body=reply.body), span)
+        self.ended(call, Outcome(reply.status, usage=reply.usage, response_body=reply.body))
         return reply
-
-    def _ended(self, call: Call, outcome: Outcome, span: CallSpan | None) -> None:
-        """The last stage of every call: its log record and metrics, and its span's end."""
-        self.observer.finished(call, outcome)
-        if span is not None:
-            span.finish(outcome)
 
     async def stream(self, call: Call) -> PipelineStream:
         """A streamed answer; errors before the first event are raised here.
 
         The call's span, if any, ends when the returned stream finishes or is closed.
         """
-        span = self.tracer.start(call) if self.tracer is not None else None
-        ticket = None
         try:
-            if span is not None:
-                span.stage("route")
-            deployment, provider = self.router.route(call)
-            if self.cache is not None:
+            provider = await self._admit(call)
+            deployment = call.deployment
+            assert deployment is not None
+            cache = self.cache
+            span = call.span
+            ticket = None
+            if cache is not None:
                 if span is not None:
                     span.stage("cache.lookup")
-                ticket, hit = await self.cache.lookup_stream(call)
+                ticket, hit = await cache.lookup_stream(call)
                 if hit is not None:
-                    return PipelineStream(self, call, hit, span=span)
+                    return PipelineStream(self, call, hit)
             if span is not None:
                 span.upstream(deployment)
             inner = await provider.stream(call, deployment)
-        except GatewayError as exc:
-            self._ended(call, Outcome(exc.status, exc.type, exc.message), span)
-            raise
         except BaseException as exc:
-            # Cancelled (the client left, its deadline passed) or a bug: still one log record.
-            self._ended(call, _abandoned(exc), span)
+            self.ended(call, _failed(exc))
             raise
-        return PipelineStream(self, call, inner, ticket, span)
+        return PipelineStream(self, call, inner, ticket)
+
+    def ended(self, call: Call, outcome: Outcome) -> None:
+        """Step 5 of every call: its log record and metrics, and its span's end."""
+        self.recorder.finished(call, outcome)
+        span = call.span
+        if span is not None:
+            span.finish(outcome)

@@ -19,7 +19,7 @@ from .entry import CacheBackend, CacheEntry, stream_entry
 from .replay import ReplayStream, entry_usage, replay_events, whole_body
 
 if TYPE_CHECKING:
-    from ..observe.tracing import CallSpan
+    pass
 
 log = logging.getLogger("llm_proxy.cache")
 
@@ -242,7 +242,6 @@ class ResponseCache:
         call: Call,
         ticket: CacheTicket,
         fetch: Callable[[], Awaitable[Reply]],
-        span: CallSpan | None = None,
     ) -> Reply:
         """Call the upstream for a miss (once for concurrent identical misses) and store.
 
@@ -250,7 +249,7 @@ class ResponseCache:
         """
         if not ticket.coalesce:
             reply = await fetch()
-            self.store_reply(ticket, reply, span)
+            self.store_reply(call, ticket, reply)
             return reply
         key = ticket.key
         flight = self._inflight.get(key)
@@ -278,16 +277,16 @@ class ResponseCache:
         finally:
             del self._inflight[key]
         flight.set_result(reply)
-        self.store_reply(ticket, reply, span)
+        self.store_reply(call, ticket, reply)
         return reply
 
     # -- store (off the response path) ------------------------------------------------------
 
-    def store_reply(self, ticket: CacheTicket, reply: Reply, span: CallSpan | None = None) -> None:
+    def store_reply(self, call: Call, ticket: CacheTicket, reply: Reply) -> None:
         if not ticket.store or reply.status != 200 or len(reply.body) > self.max_bytes:
             return
-        if span is not None:
-            span.stage("cache.store")
+        if call.span is not None:
+            call.span.stage("cache.store")
         usage = reply.usage
         entry = CacheEntry(
             created=time.time(),
@@ -303,13 +302,12 @@ class ResponseCache:
         ticket: CacheTicket,
         events: list[bytes],
         summary: StreamSummary,
-        span: CallSpan | None = None,
     ) -> None:
         """Store a stream that finished whole; the entry is built by the writer."""
         if not ticket.store or not summary.done or summary.error is not None:
             return
-        if span is not None:
-            span.stage("cache.store")
+        if call.span is not None:
+            call.span.stage("cache.store")
         model = call.deployment.model if call.deployment is not None else call.model
         capture = _StreamCapture(
             events, summary, time.time(), call.endpoint, call.prompt_json, model
