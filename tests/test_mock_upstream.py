@@ -16,7 +16,7 @@ import pytest
 from llm_proxy import mocktext
 from llm_proxy.testing import start_mock_upstream as start_in_process
 
-from tests.conftest import MockUpstream, start_mock_upstream, stop_process
+from tests.support.servers import MockUpstream, start_mock_upstream, stop_process
 
 pytestmark = pytest.mark.timeout(60)
 

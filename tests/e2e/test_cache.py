@@ -17,19 +17,19 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.conftest import (
-    Gateway,
-    MockUpstream,
-    add_mock_model,
-    standard_config,
-    start_gateway,
-)
-from tests.redis_support import (
+from tests.support.redis import (
     PrivateRedis,
     count_prefix,
     delete_prefix,
     key_prefix,
     redis_url,
+)
+from tests.support.servers import (
+    Gateway,
+    MockUpstream,
+    add_mock_model,
+    standard_config,
+    start_gateway,
 )
 
 MODEL = "gpt-4o-mini"  # served by the mock upstream, so its request counter sees misses

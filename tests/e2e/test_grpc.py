@@ -18,7 +18,7 @@ from grpc_requests import Client
 from llm_proxy.grpc.gen import gateway_pb2 as pb
 from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
 
-from tests.conftest import Gateway, MockUpstream, standard_config, start_gateway
+from tests.support.servers import Gateway, MockUpstream, standard_config, start_gateway
 
 SERVICE = "llm_proxy.v1.Gateway"
 

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Gateway, MockUpstream
+from tests.support.servers import Gateway, MockUpstream
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

@@ -22,14 +22,14 @@ from llm_proxy.grpc.gen import gateway_pb2 as pb
 from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import (
+from tests.support.postgres import TcpDoor, database_url, private_schema, with_search_path
+from tests.support.servers import (
     Gateway,
     MockUpstream,
     add_mock_model,
     standard_config,
     start_gateway,
 )
-from tests.pg_support import TcpDoor, database_url, private_schema, with_search_path
 
 CLIENT_KEY = "sk-client-VIRTUAL-0123456789abcdef"
 SECRETS = (b"sk-up-SECRET", b"az-SECRET", b"ant-SECRET", CLIENT_KEY.encode())

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Gateway, MockUpstream, standard_config, start_gateway
+from tests.support.servers import Gateway, MockUpstream, standard_config, start_gateway
 
 MESSAGES = [{"role": "user", "content": "stream slowly please"}]
 

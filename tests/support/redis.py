@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import free_port, stop_process
+from tests.support.servers import free_port, stop_process
 
 
 def unavailable(reason: str) -> None:
