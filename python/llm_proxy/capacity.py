@@ -1,7 +1,7 @@
 """`llm-proxy capacity`: how many cores (workers) a load needs, from a benchmark results file.
 
 The figures are the gateway's own CPU time per request, measured by `make bench` on one
-Granian worker pinned to one core (benchmarks/run.py writes them under `capacity`). A load of
+Granian worker pinned to one core (written under `capacity` in the results). A load of
 R requests/s with a mix of streamed answers and cache hits needs R x (CPU per request of the
 mix) core-seconds every second; dividing by the CPU share to plan for (70% by default) and
 rounding up gives the workers, one per core. With `--logging full` (the gateway's default)

@@ -111,9 +111,8 @@ class LoggingConfig(_Section):
     max_rows: int | None = None
     queue_size: int = 10000
     batch_size: int = 500
-    # The writer wakes this often (or at batch_size records). Short, so that each batch is a
-    # short burst on the worker's core: at 0.25 s the one-client p99 with logging full was
-    # 2x that at 0.025 s (7.2-9.7 ms against 3.4-3.7 ms, same runs).
+    # The writer wakes this often (or at batch_size records); short, so each batch is a short
+    # burst on the worker's core rather than a long one that delays requests.
     flush_interval_s: float = 0.025
     spool_path: str = "./llm-proxy.spool"
     prices: dict[str, Price] = {}
@@ -123,11 +122,10 @@ class LoggingConfig(_Section):
     retry_interval_s: float = 1.0
     # How often retention (retention_days, max_rows) is enforced; also done at startup.
     purge_interval_s: float = 300.0
-    # The writer thread's CPU priority. `normal` writes each batch in one go (one-client p99
-    # with logging full a few ms on a VM); `idle` (Linux) writes only when the core has nothing
-    # else to do, so a batch never delays a request, at +10 to +50 % one-client p50 and more
-    # CPU per request. Either way the loop gives the writer the CPU when its queue passes a
-    # quarter full, so a saturated core drops no records.
+    # The writer thread's CPU priority: `normal` writes each batch in one go; `idle` (Linux)
+    # writes only when the core has nothing else to do (a better tail, a worse median; see
+    # benchmarks/README.md). Either way a writer whose queue passes a quarter full is given
+    # the CPU, so a saturated core drops no records.
     writer_priority: Literal["idle", "normal"] = "normal"
 
     def __post_init__(self) -> None:

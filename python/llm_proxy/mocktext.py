@@ -57,7 +57,7 @@ def _first_words(text: str, n: int) -> str:
 
 
 def warm() -> None:
-    """Build the table of replies now (the first reply would otherwise take ~10 ms)."""
+    """Build the table of replies now, so the first reply does not pay for it."""
     _replies()
 
 

@@ -17,20 +17,15 @@ from .schema import (
     migrations,
 )
 
-# Rows per INSERT statement: one statement per chunk means one sqlite3_step, so the writer
-# thread releases and retakes the GIL once per chunk instead of once per row. Binding a
-# statement's values holds the GIL (~1.5 us a row); an idle-priority writer uses smaller
-# statements (SMALL_INSERT) so the loop never waits long for it.
+# Rows per INSERT statement: one statement per chunk means the writer thread releases and
+# retakes the GIL once per chunk instead of once per row; an idle-priority writer uses smaller
+# statements (SMALL_INSERT) so the loop never waits long for the GIL.
 _ROWS_PER_INSERT = 500 if sqlite3.sqlite_version_info >= (3, 32, 0) else 30
 SMALL_INSERT = 64 if sqlite3.sqlite_version_info >= (3, 32, 0) else 30
 
 
-# sqlite3 "adapts" every parameter that is not exactly an int, float, str or bytearray. With
-# no adapter registered for its type, on Python 3.11 that means raising and clearing an
-# AttributeError (`PrepareProtocol.__adapt__`) for each None and bool: ~3,300 instructions a
-# value, and a log row has 8-12 of them (a third of its insert). A registered adapter is one
-# dict lookup and a C call. Both give what sqlite3 binds without them: None -> NULL
-# (`{}.get(None)` is None), a bool -> 0 or 1. Process-wide, like every sqlite3 adapter.
+# Without a registered adapter, sqlite3 raises and clears an AttributeError for every None and
+# bool it binds; these adapters bind the same values (NULL, 0 or 1) with a dict lookup.
 sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
 sqlite3.register_adapter(bool, int)
 
@@ -66,8 +61,7 @@ class SqliteStore:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            # A 32 MiB page cache and a checkpoint every ~40 MiB of WAL instead of every 4 MiB:
-            # 20 -> 17 us of writer CPU per logged row here (100k rows, table and six indexes).
+            # A bigger page cache and rarer WAL checkpoints: less writer CPU per logged row.
             conn.execute("PRAGMA cache_size=-32768")
             conn.execute("PRAGMA wal_autocheckpoint=10000")
             self._conn = conn

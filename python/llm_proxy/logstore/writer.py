@@ -1,7 +1,7 @@
 """The recorder thread: gives records their content and writes them to the store.
 
 The event loop builds each record's figures (tokens, cost, timings) and feeds the metrics
-after the response is sent (see observer.py), then appends it to this thread's deque. The
+after the response is sent (see observe/recorder.py), then appends it to this thread's deque. The
 thread does the rest in batches: the content policy (prompt and completion, redacted or not)
 and the store write. When the store is slow or down, batches go to the local spool and are
 replayed once it answers again.
@@ -12,11 +12,9 @@ its high-water mark, the event loop steps aside for up to 2 ms at a time (`make_
 records are written instead of dropped.
 
 `writer_priority: idle` (Linux) runs the thread at SCHED_IDLE: it gets the core only when
-nothing else wants it, so a batch never holds up a request (one-client p99 with logging full
-0.5-1.1 ms instead of 4.5 ms). The price is paid at low load: the idle writer fills every gap
-between a request's steps, so each wake-up of the loop must preempt it, and its own work runs
-with cold caches (one-client p50 +10 to +50 %, CPU per request +60 to +80 us on a VM). The
-default, `normal`, writes each batch in one go at normal priority.
+nothing else wants it, so a batch never holds up a request, but every wake-up of the loop
+must preempt it (benchmarks/README.md has the trade's figures). The default, `normal`, writes
+each batch in one go at normal priority.
 """
 
 from __future__ import annotations
@@ -39,11 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llm_proxy.observe")
 
-# Records given their content between two hand-backs of the GIL to the event loop: ~0.4 ms
-# of work for a normal-priority writer (holding it for a whole batch makes the loop wait out
-# the 5 ms switch interval; handing it back after every few records breaks the batch into
-# many short runs, each one a preemption the loop pays for at low load). An idle-priority
-# writer is preempted anyway, so it hands the GIL back every 8 records (~40 us).
+# Records given their content between two hand-backs of the GIL to the event loop: holding it
+# for a whole batch makes the loop wait out the switch interval, and handing it back every
+# few records makes many preemptions; an idle-priority writer is preempted anyway.
 _SLICE = 64
 _IDLE_SLICE = 8
 

@@ -62,8 +62,8 @@ class _Total:
 
 class _LoopFamily:
     """A counter or histogram fed only on the event loop, exposed through prometheus-client's
-    collector API: no lock and no checks per observation (observe_batch of one record 9.35 ->
-    2.77 us, timeit). Fed and scraped on the event loop only. One worker only: with several,
+    collector API: no lock and no checks per observation, which the event loop would pay per
+    call. Fed and scraped on the event loop only. One worker only: with several,
     each value must go through prometheus-client's multiprocess files, so GatewayMetrics uses
     its metrics there."""
 

@@ -97,7 +97,7 @@ class Mock:
         self.config = config
 
     async def start(self) -> None:
-        # The reply table (~10 ms to build) is built now, not by the first call.
+        # The reply table is built now, so the first call does not pay for it.
         mocktext.warm()
 
     async def close(self) -> None:

@@ -1,11 +1,10 @@
 """The upstream HTTP client: one pooled keep-alive HTTP/1.1 client per provider.
 
-A small asyncio protocol over llhttp (httptools, the parser uvicorn uses). Through the same
-minimal Granian proxy it costs a fraction of aiohttp's client per request, which cost ~10x less
-than httpx's (benchmarks/upstream_clients.py compares all three). It does only what the
-gateway needs: POST a body, read the answer whole or as it arrives, keep connections alive,
-cancel by closing the connection. The interface (`UpstreamClient`, `UpstreamStream`) is small
-so the client stays swappable.
+A small asyncio protocol over llhttp (httptools, the parser uvicorn uses), chosen over aiohttp
+and httpx by measurement (benchmarks/scenarios/upstream_clients.py). It does only what the gateway
+needs: POST a body, read the answer whole or as it arrives, keep connections alive, cancel by
+closing the connection. The interface (`UpstreamClient`, `UpstreamStream`) is small so the
+client stays swappable.
 """
 
 from __future__ import annotations
