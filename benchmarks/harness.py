@@ -1,8 +1,14 @@
-"""Shared pieces of the benchmarks: processes pinned to cores, wrk runs, result parsing."""
+"""The processes a benchmark runs: pinned to cores, waited for, measured from /proc, stopped.
+
+The gateway (the thing measured) gets its own core, the last usable one; the load generator
+and the mock upstream share the rest when the machine has at least two. Every process started
+here is stopped by PID, with any children it left behind.
+"""
 
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import signal
@@ -12,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +27,8 @@ import httpx
 import yaml
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 CPUS = sorted(os.sched_getaffinity(0))
-# The gateway (the thing measured) gets its own core; the load generator and the mock share
-# the rest when the machine has at least two.
 GATEWAY_CPU = CPUS[-1]
 OTHER_CPUS = [c for c in CPUS if c != GATEWAY_CPU] or CPUS
 
@@ -60,156 +65,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-@contextmanager
-def mock_upstream(delay_ms: int = 0) -> Iterator[str]:
-    port = free_port()
-    cmd = [
-        *pin(OTHER_CPUS),
-        sys.executable,
-        "-m",
-        "llm_proxy.testing.mock_upstream",
-        "--port",
-        str(port),
-        "--delay-ms",
-        str(delay_ms),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url + "/v1/models")
-        yield url
-    finally:
-        stop(proc)
-
-
-def bench_config(upstream: str, **sections: Any) -> dict[str, Any]:
-    return {
-        "server": {"shutdown_grace_s": 2},
-        "providers": {"up": {"kind": "openai", "base_url": upstream + "/v1", "api_key": "sk-b"}},
-        "models": {"gpt-4o-mini": {"provider": "up", "model": "gpt-4o-mini"}},
-        "logging": {"enabled": False},
-        **sections,
-    }
-
-
-@contextmanager
-def serve_gateway(config: dict[str, Any], tmp: Path, grpc_port: int = 0) -> Iterator[Served]:
-    """`llm-proxy serve` on `config`, pinned to the gateway core, until the block ends."""
-    port = free_port()
-    path = tmp / f"llm-proxy-{port}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "llm_proxy.cli", "serve"]
-    cmd += ["--config", str(path), "--port", str(port), "--grpc-port", str(grpc_port)]
-    url = f"http://127.0.0.1:{port}"
-    with served(cmd, url + "/ready", url, cwd=str(tmp)) as gateway:
-        yield gateway
-
-
-@contextmanager
-def gateway(config: dict[str, Any], grpc_port: int = 0) -> Iterator[str]:
-    """`serve_gateway` in a directory of its own; yields the base URL."""
-    with tempfile.TemporaryDirectory() as tmp, serve_gateway(config, Path(tmp), grpc_port) as gw:
-        yield gw.url
-
-
-@dataclass
-class LoadResult:
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    errors: int
-    requests: int = 0
-
-
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        raise ValueError(text)
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def wrk(
-    url: str,
-    body: bytes,
-    *,
-    connections: int,
-    seconds: float,
-    headers: dict[str, str] | None = None,
-    method: str = "POST",
-    timeout_s: int = 0,
-    pipeline: int = 1,
-) -> LoadResult:
-    """POST `body` to `url` with wrk (pinned off the gateway's core) and parse its report.
-
-    `method="GET"` sends no body; `timeout_s` raises wrk's per-request timeout (default 2 s);
-    `pipeline=N` sends N requests back to back on each connection (HTTP/1.1 pipelining), which
-    shows what the generator can drive when the server is not the limit (latencies are then
-    per batch, not per request).
-    """
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is needed for the load benchmarks: apt-get install wrk")
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "post.lua"
-        hdrs = {"content-type": "application/json", **(headers or {})}
-        lines = [f'wrk.method = "{method}"']
-        if method != "GET":
-            lines.append(f"wrk.body = [[{body.decode()}]]")
-        lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in hdrs.items()]
-        if pipeline > 1:
-            lines += [
-                "init = function(args)",
-                "  local batch = {}",
-                f"  for i = 1, {pipeline} do batch[i] = wrk.format() end",
-                "  pipelined = table.concat(batch)",
-                "end",
-                "request = function() return pipelined end",
-            ]
-        script.write_text("\n".join(lines) + "\n")
-        threads = 1 if connections < 4 else len(OTHER_CPUS)
-        out = subprocess.run(
-            [
-                *pin(OTHER_CPUS),
-                "wrk",
-                "-t",
-                str(threads),
-                "-c",
-                str(connections),
-                "-d",
-                f"{max(1, round(seconds))}s",  # wrk takes whole seconds only
-                "--latency",
-                *(["--timeout", f"{timeout_s}s"] if timeout_s else []),
-                "-s",
-                str(script),
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
-    errors = 0
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    m = re.search(r"(\d+) requests in", out)
-    total = int(m.group(1)) if m else 0
-    return LoadResult(rps, _ms(pct["50"]), _ms(pct["90"]), _ms(pct["99"]), errors, total)
-
-
-def median_run(runs: list[LoadResult]) -> tuple[LoadResult, float]:
-    """The median run by requests/s and the spread (max-min)/median of requests/s."""
-    ordered = sorted(runs, key=lambda r: r.rps)
-    mid = ordered[len(ordered) // 2]
-    spread = (ordered[-1].rps - ordered[0].rps) / mid.rps if mid.rps else 0.0
-    return mid, spread
+# -- /proc -----------------------------------------------------------------------------------
 
 
 def process_family(pid: int) -> list[int]:
@@ -257,6 +113,46 @@ def rss_bytes(pids: list[int]) -> int:
         if m:
             total += int(m.group(1)) * 1024
     return total
+
+
+def steal_ticks() -> int:
+    """Ticks the hypervisor gave to other guests (the `steal` column of /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def machine() -> dict[str, Any]:
+    """The host, its CPUs, the cores given to each side, and the code's git revision."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    return {
+        "host": socket.gethostname(),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "usable_cpus": CPUS,
+        "gateway_cpu": GATEWAY_CPU,
+        "load_cpus": OTHER_CPUS,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "git_rev": rev,
+        "loadavg_start": os.getloadavg(),
+        "cpu_steal_start": steal_ticks(),
+    }
+
+
+# -- servers ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -309,3 +205,81 @@ def served(
                     os.kill(pid, signal.SIGKILL)
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def mock(cpus: list[int] = OTHER_CPUS, delay_ms: int = 0) -> Iterator[Served]:
+    """The mock upstream (`llm_proxy.testing.mock_upstream`), answering after `delay_ms`."""
+    port = free_port()
+    cmd = [*pin(cpus), sys.executable, "-m", "llm_proxy.testing.mock_upstream"]
+    cmd += ["--port", str(port), "--delay-ms", str(delay_ms)]
+    url = f"http://127.0.0.1:{port}"
+    with served(cmd, url + "/v1/models", url) as proc:
+        yield proc
+
+
+@contextmanager
+def mock_upstream(delay_ms: int = 0) -> Iterator[str]:
+    """`mock` on the load generator's cores; yields its base URL."""
+    with mock(OTHER_CPUS, delay_ms) as up:
+        yield up.url
+
+
+def bench_config(upstream: str, **sections: Any) -> dict[str, Any]:
+    """The gateway's config for a run: one model to the mock, logging off unless overridden."""
+    return {
+        "server": {"shutdown_grace_s": 2},
+        "providers": {"up": {"kind": "openai", "base_url": upstream + "/v1", "api_key": "sk-b"}},
+        "models": {"gpt-4o-mini": {"provider": "up", "model": "gpt-4o-mini"}},
+        "logging": {"enabled": False},
+        **sections,
+    }
+
+
+@contextmanager
+def serve_gateway(config: dict[str, Any], tmp: Path, grpc_port: int = 0) -> Iterator[Served]:
+    """`llm-proxy serve` on `config`, pinned to the gateway core, until the block ends."""
+    port = free_port()
+    path = tmp / f"llm-proxy-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "llm_proxy.cli", "serve"]
+    cmd += ["--config", str(path), "--port", str(port), "--grpc-port", str(grpc_port)]
+    url = f"http://127.0.0.1:{port}"
+    with served(cmd, url + "/ready", url, cwd=str(tmp)) as gateway:
+        yield gateway
+
+
+@contextmanager
+def llm_proxy(upstream: str, tmp: Path, grpc_port: int = 0, **sections: Any) -> Iterator[Served]:
+    """`serve_gateway` on `bench_config(upstream, **sections)`."""
+    with serve_gateway(bench_config(upstream, **sections), tmp, grpc_port) as gateway:
+        yield gateway
+
+
+@contextmanager
+def gateway(config: dict[str, Any], grpc_port: int = 0) -> Iterator[str]:
+    """`serve_gateway` in a directory of its own; yields the base URL."""
+    with tempfile.TemporaryDirectory() as tmp, serve_gateway(config, Path(tmp), grpc_port) as gw:
+        yield gw.url
+
+
+@contextmanager
+def granian_app(app: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """A Granian RSGI app of this package (`benchmarks.apps.<module>:app`) on the gateway's core."""
+    port = free_port()
+    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "granian", "--interface", "rsgi"]
+    cmd += ["--loop", "uvloop", "--port", str(port), "--no-access-log", app]
+    url = f"http://127.0.0.1:{port}"
+    with served(cmd, url + "/", url, cwd=str(ROOT), env=env) as proc:
+        yield proc
+
+
+def granian_floor() -> AbstractContextManager[Served]:
+    """A do-nothing Granian RSGI app (`apps/noop.py`): the floor."""
+    return granian_app("benchmarks.apps.noop:app")
+
+
+def proxy_floor(upstream: str, client: str = "llm-proxy") -> AbstractContextManager[Served]:
+    """`apps/min_proxy.py`, with the gateway's own upstream client unless told otherwise."""
+    env = {**os.environ, "UPSTREAM": upstream, "CLIENT": client}
+    return granian_app("benchmarks.apps.min_proxy:app", env)
