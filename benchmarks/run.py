@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="1 run of 2 s each (smoke check)")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3)")
     parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 5)")

@@ -1,6 +1,6 @@
-"""Instructions per call on the gateway's event loop, counted by callgrind: a figure that moves
-by ~1-2 % between runs (how the kernel splits the upstream's bytes into reads, mostly) where
-requests/s on a shared machine moves by up to 2x; for comparing two versions of the code.
+"""Instructions per call on the gateway's event loop, counted by callgrind: far steadier between
+runs than requests/s on a shared machine, so it is the figure for comparing two versions of the
+code (how steady: benchmarks/README.md).
 
 Each path runs in `apps/loop_driver.py` (the RSGI app in-process, no Granian, the real mock
 upstream over loopback) under `valgrind --tool=callgrind`, once with `--calls` calls and once
