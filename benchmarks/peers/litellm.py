@@ -1,6 +1,6 @@
 """LiteLLM's proxy as a peer: installed into its own venv, configured like our gateway.
 
-The config is the equivalent of `common.bench_config`: one model, `gpt-4o-mini`, forwarded to
+The config is the equivalent of `harness.bench_config`: one model, `gpt-4o-mini`, forwarded to
 `openai/gpt-4o-mini` at the mock upstream, with LiteLLM's own logging, telemetry and database
 off so both gateways do the same work per request.
 """
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..harness import GATEWAY_CPU, Served, free_port, pin, served
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".bench-venv-litellm"
@@ -103,7 +105,20 @@ def environment() -> dict[str, str]:
 
 
 @contextmanager
-def config_file(upstream: str, directory: Path) -> Iterator[Path]:
-    path = directory / "litellm.yaml"
+def serve(upstream: str, tmp: Path) -> Iterator[Served]:
+    """LiteLLM's proxy on the gateway's core, forwarding to `upstream`, until the block ends."""
+    port = free_port()
+    path = tmp / f"litellm-{port}.yaml"
     path.write_text(yaml.safe_dump(config(upstream)))
-    yield path
+    url = f"http://127.0.0.1:{port}"
+    cmd = [*pin([GATEWAY_CPU]), *command(path, port)]
+    with served(
+        cmd,
+        url + "/health/liveliness",
+        url,
+        cwd=str(tmp),
+        env=environment(),
+        timeout=180,
+        log=tmp / "litellm.log",
+    ) as proc:
+        yield proc

@@ -12,67 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from llm_proxy import _core
 
-IGNORED = ("stream", "stream_options", "user", "metadata")
-PLAIN_DIGITS = 40
-
-
-class Num(str):
-    """A JSON number kept as its literal."""
-
-
-def canonical_number(literal: str) -> str:
-    negative = literal.startswith("-")
-    mantissa, _, exp = literal.lstrip("-").lower().partition("e")
-    int_part, _, frac = mantissa.partition(".")
-    digits = (int_part + frac).lstrip("0")
-    e = int(exp or 0) - len(frac)
-    stripped = digits.rstrip("0")
-    e += len(digits) - len(stripped)
-    digits = stripped
-    if not digits:
-        return "0"
-    sign = "-" if negative else ""
-    n = len(digits)
-    if e >= 0 and n + e <= PLAIN_DIGITS:
-        return sign + digits + "0" * e
-    if e < 0 and -e <= PLAIN_DIGITS:
-        d = -e
-        if n > d:
-            return f"{sign}{digits[: n - d]}.{digits[n - d :]}"
-        return f"{sign}0.{'0' * (d - n)}{digits}"
-    return f"{sign}{digits}e{e}"
-
-
-def canonical_string(s: str) -> str:
-    text = json.dumps(s, ensure_ascii=False)
-    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def write(value: Any) -> str:
-    if isinstance(value, Num):
-        return canonical_number(value)
-    if isinstance(value, str):
-        return canonical_string(value)
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return "[" + ",".join(write(v) for v in value) + "]"
-    items = sorted(value.items())
-    return "{" + ",".join(f"{canonical_string(k)}:{write(v)}" for k, v in items) + "}"
-
-
-def reference_canonical(body: bytes) -> bytes:
-    """The canonical form, by json.loads with numbers kept as literals."""
-    value = json.loads(body, parse_int=Num, parse_float=Num)
-    if not isinstance(value, dict):
-        raise ValueError("not an object")
-    kept = {k: v for k, v in value.items() if k not in IGNORED and not k.startswith("x_llm_proxy")}
-    return write(kept).encode("utf-8", "surrogatepass")
-
+from tests.support.reference import reference_canonical
 
 json_scalars = (
     st.none()

@@ -8,10 +8,11 @@ import re
 from typing import Any
 
 import pytest
-from conftest import python_encoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llm_proxy import _core
+
+from tests.support.reference import reference_events, reference_summary
 
 
 def openai_chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> str:
@@ -167,107 +168,6 @@ LINE_ENDINGS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
 def recorded(name: str, eol: str) -> tuple[str, bytes]:
     dialect, text = STREAMS[name]
     return dialect, text.replace("\n", LINE_ENDINGS[eol]).encode()
-
-
-# A pure-Python reference: split on blank lines, json.loads each data payload, accumulate.
-
-EVENT_END = re.compile(rb"(\r\n|\r(?!\n)|\n)(\r\n|\r(?!\n)|\n)")
-LINE = re.compile(rb"\r\n|\r|\n")
-
-
-def reference_events(stream: bytes) -> list[bytes]:
-    """Whole stream at once: each event with its terminators, comments dropped."""
-    events, start, pos = [], 0, 0
-    lines = LINE.split(stream)
-    ends = [m.end() for m in LINE.finditer(stream)]
-    for line, end in zip(lines, ends, strict=False):
-        if line == b"":
-            event = stream[start:end]
-            if any(not ln.startswith(b":") for ln in LINE.split(event) if ln):
-                events.append(event)
-            start = end
-        pos = end
-    assert pos == len(stream)
-    return events
-
-
-def reference_summary(dialect: str, events: list[bytes], model: str = "") -> dict[str, Any]:
-    text, tools, finish, prompt, completion, done, count = "", {}, None, None, None, False, 0
-    for event in events:
-        data = "\n".join(
-            ln[5:].removeprefix(b" ").decode()
-            for ln in LINE.split(event)
-            if ln.startswith(b"data:")
-        )
-        if not data:
-            continue
-        count += 1
-        if data == "[DONE]":
-            done = True
-            continue
-        obj = json.loads(data)
-        if dialect == "openai":
-            for choice in obj.get("choices") or []:
-                delta = choice.get("delta") or {}
-                text += delta.get("content") or ""
-                for call in delta.get("tool_calls") or []:
-                    tool = tools.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
-                    tool["id"] = call.get("id") or tool["id"]
-                    fn = call.get("function") or {}
-                    tool["name"] += fn.get("name") or ""
-                    tool["arguments"] += fn.get("arguments") or ""
-                finish = choice.get("finish_reason") or finish
-            if obj.get("usage"):
-                prompt, completion = (
-                    obj["usage"]["prompt_tokens"],
-                    obj["usage"]["completion_tokens"],
-                )
-        else:
-            kind = obj["type"]
-            if kind == "message_start":
-                usage = obj["message"]["usage"]
-                prompt = usage["input_tokens"] + usage.get("cache_read_input_tokens", 0)
-                completion = usage["output_tokens"]
-            elif kind == "content_block_start" and obj["content_block"]["type"] == "tool_use":
-                block = obj["content_block"]
-                tools[obj["index"]] = {"id": block["id"], "name": block["name"], "arguments": ""}
-            elif kind == "content_block_delta":
-                delta = obj["delta"]
-                if delta["type"] == "text_delta":
-                    text += delta["text"]
-                elif delta["type"] == "input_json_delta":
-                    tools[obj["index"]]["arguments"] += delta["partial_json"]
-            elif kind == "message_delta":
-                finish = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls"}[
-                    obj["delta"]["stop_reason"]
-                ]
-                completion = obj["usage"]["output_tokens"]
-            elif kind == "message_stop":
-                done = True
-    if prompt is None and completion is None:
-        # No usage from upstream: completion counted from text + arguments, prompt unknown (0).
-        enc = python_encoding(_core.encoding_for_model(model))
-        prompt = 0
-        completion = len(enc.encode_ordinary(text)) + sum(
-            len(enc.encode_ordinary(t["arguments"])) for t in tools.values()
-        )
-    calls = [
-        {
-            "id": t["id"],
-            "type": "function",
-            "function": {"name": t["name"], "arguments": t["arguments"]},
-        }
-        for _, t in sorted(tools.items())
-    ]
-    return {
-        "text": text,
-        "tool_calls": calls,
-        "finish_reason": finish,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "events": count,
-        "done": done,
-    }
 
 
 def summary_dict(s: _core.StreamSummary) -> dict[str, Any]:

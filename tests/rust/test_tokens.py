@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from conftest import python_encoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llm_proxy import _core
+
+from tests.support.reference import python_encoding, reference_chat_tokens
 
 REAL_TEXTS = [
     "Hello, world! How are you today?",
@@ -94,41 +95,6 @@ def test_unknown_encoding_raises_value_error_listing_known_ones() -> None:
 )
 def test_models_map_to_the_encoding_openai_uses(model: str, encoding: str) -> None:
     assert _core.encoding_for_model(model) == encoding
-
-
-def reference_chat_tokens(messages: list[dict[str, Any]], encoding: str) -> int:
-    """OpenAI cookbook num_tokens_from_messages, extended to parts and tool calls."""
-    enc = python_encoding(encoding)
-
-    def n(s: str) -> int:
-        return len(enc.encode_ordinary(s))
-
-    def function_tokens(f: Any) -> int:
-        if not isinstance(f, dict):
-            return 0
-        return sum(n(f[k]) for k in ("name", "arguments") if isinstance(f.get(k), str))
-
-    total = 3
-    for message in messages:
-        total += 3
-        for key, value in message.items():
-            if isinstance(value, str):
-                total += n(value) + (1 if key == "name" else 0)
-            elif key == "content" and isinstance(value, list):
-                for part in value:
-                    if (
-                        isinstance(part, dict)
-                        and part.get("type") == "text"
-                        and isinstance(part.get("text"), str)
-                    ):
-                        total += n(part["text"])
-            elif key == "tool_calls" and isinstance(value, list):
-                total += sum(
-                    function_tokens(c.get("function")) for c in value if isinstance(c, dict)
-                )
-            elif key == "function_call":
-                total += function_tokens(value)
-    return total
 
 
 short_text = st.text(max_size=30)

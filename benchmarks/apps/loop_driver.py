@@ -1,12 +1,12 @@
-"""Drives the gateway's RSGI app in-process, one call after another, for `instructions.py`.
+"""Drives the gateway's RSGI app in-process, one call after another, for `instructions`.
 
 No Granian: the app gets a stand-in scope and protocol (the body at once, the response kept),
 so what runs is the gateway's own code on the event loop, its upstream client and the real
 mock upstream over loopback. `bare` is the floor: the body, the same upstream client, the
-answer handed back, as `_min_proxy.py` does; `bare-stream` relays a stream's bytes as they
+answer handed back, as `min_proxy.py` does; `bare-stream` relays a stream's bytes as they
 come.
 
-    python benchmarks/_loop_driver.py UPSTREAM PATH N
+    python -m benchmarks.apps.loop_driver UPSTREAM PATH N
     (PATH: miss | hit | stream | bare | bare-stream)
 """
 
@@ -20,8 +20,9 @@ from typing import Any
 
 import uvloop
 import yaml
-from common import bench_config
-from overhead import BODY, STREAM_BODY
+
+from ..harness import bench_config
+from ..load import BODY, STREAM_BODY
 
 
 class Scope:
@@ -71,7 +72,7 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(bench_config(upstream, **extra), f)
     os.environ["LLM_PROXY_CONFIG"] = f.name
-    from llm_proxy.http.app import create_app
+    from llm_proxy.worker import create_app
 
     app = create_app()
     loop = uvloop.new_event_loop()

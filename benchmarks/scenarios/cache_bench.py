@@ -1,6 +1,6 @@
 """Cache-hit throughput and latency: the gateway on one core, wrk on the other.
 
-    python benchmarks/cache_bench.py [--seconds 5] [--runs 3]
+    python -m benchmarks.scenarios.cache_bench [--seconds 5] [--runs 3]
 
 Every measured request is a hit: the entry is primed first, and the mock upstream's request
 counter must not move during a run. Rows: memory and Redis backends, whole and streamed hits,
@@ -23,20 +23,17 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
-from common import (
+from ..harness import (
     GATEWAY_CPU,
     OTHER_CPUS,
-    LoadResult,
     bench_config,
     free_port,
     gateway,
-    median_run,
     mock_upstream,
     pin,
     stop,
-    wrk,
 )
+from ..load import LoadResult, median_run, mock_requests, prime, wrk
 
 BODY = json.dumps(
     {
@@ -73,31 +70,16 @@ def redis_server() -> Iterator[str]:
             stop(proc)
 
 
-def requests_seen(upstream: str) -> int:
-    return int(httpx.get(upstream + "/_mock/stats", timeout=5).json()["requests"])
-
-
-def prime(url: str, body: bytes) -> None:
-    headers = {"content-type": "application/json"}
-    for _ in range(50):
-        resp = httpx.post(url + "/v1/chat/completions", content=body, headers=headers, timeout=10)
-        resp.raise_for_status()
-        if resp.headers.get("x-llm-proxy-cache") == "hit":
-            return
-        time.sleep(0.05)
-    raise RuntimeError("the entry never became a hit")
-
-
 def measure(
     url: str, upstream: str, body: bytes, connections: int, seconds: int, runs: int
 ) -> tuple[LoadResult, float]:
     prime(url, body)
-    before = requests_seen(upstream)
+    before = mock_requests(upstream)
     results = [
         wrk(url + "/v1/chat/completions", body, connections=connections, seconds=seconds)
         for _ in range(runs)
     ]
-    if requests_seen(upstream) != before:
+    if mock_requests(upstream) != before:
         raise RuntimeError("a measured request reached the upstream: not every request was a hit")
     return median_run(results)
 

@@ -1,15 +1,15 @@
-"""Instructions per call on the gateway's event loop, counted by callgrind: a figure that moves
-by ~1-2 % between runs (how the kernel splits the upstream's bytes into reads, mostly) where
-requests/s on a shared machine moves by up to 2x; for comparing two versions of the code.
+"""Instructions per call on the gateway's event loop, counted by callgrind: far steadier between
+runs than requests/s on a shared machine, so it is the figure for comparing two versions of the
+code (how steady: benchmarks/README.md).
 
-Each path runs in `_loop_driver.py` (the RSGI app in-process, no Granian, the real mock
+Each path runs in `apps/loop_driver.py` (the RSGI app in-process, no Granian, the real mock
 upstream over loopback) under `valgrind --tool=callgrind`, once with `--calls` calls and once
 with 3x as many; the difference divided by the extra calls is one call's instructions, with
 start-up and shutdown cancelled out. User-space instructions only: the kernel's work (socket
 reads and writes) and Granian's are not in it. Needs valgrind (Debian: `apt-get install
 valgrind`).
 
-    python benchmarks/instructions.py [--calls 500] [--paths miss,hit,stream,bare,bare-stream]
+    python -m benchmarks.scenarios.instructions [--calls 500] [--paths miss,hit,stream,...]
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import GATEWAY_CPU, mock_upstream, pin
+from ..harness import GATEWAY_CPU, ROOT, mock_upstream, pin
 
-HERE = Path(__file__).resolve().parent
 PATHS = {
     "miss": "whole answer, cache off",
     "hit": "whole answer, memory cache hit",
@@ -42,9 +41,9 @@ FLOORS = {"miss": "bare", "hit": "bare", "stream": "bare-stream"}
 def collected(upstream: str, path: str, calls: int, out: Path) -> int:
     """callgrind's instruction total for one driver run of `calls` calls."""
     cmd = [*pin([GATEWAY_CPU]), "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-    cmd += [sys.executable, str(HERE / "_loop_driver.py"), upstream, path, str(calls)]
+    cmd += [sys.executable, "-m", "benchmarks.apps.loop_driver", upstream, path, str(calls)]
     env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in every run
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, env=env, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     found = re.search(r"Collected : ([\d,]+)", done.stderr)
     if done.returncode != 0 or not found:
         raise RuntimeError(f"{path}: callgrind run failed: {done.stderr.strip()[-500:]}")

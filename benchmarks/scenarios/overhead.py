@@ -3,68 +3,17 @@
 Gateway pinned to one core; wrk and the mock upstream on the other. Added latency is the
 gateway's figure minus calling the mock directly, in the same run.
 
-    python benchmarks/overhead.py [--seconds 5] [--runs 3] [--json FILE]
+    python -m benchmarks.scenarios.overhead [--seconds 5] [--runs 3] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
-import time
 from typing import Any
 
-from common import bench_config, gateway, median_run, mock_upstream, wrk
-
-BODY = json.dumps(
-    {
-        "model": "gpt-4o-mini",
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "Summarise the plot of Hamlet in two sentences."},
-        ],
-        "max_tokens": 64,
-    }
-).encode()
-STREAM_BODY = BODY[:-1] + b', "stream": true}'
-
-
-async def _stream_once(host: str, port: int, path: str, body: bytes) -> tuple[float, float]:
-    """Time to first event and total time of one streamed request on a fresh connection."""
-    reader, writer = await asyncio.open_connection(host, port)
-    head = (
-        f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    ).encode()
-    started = time.perf_counter()
-    writer.write(head + body)
-    first = None
-    buf = b""
-    while b"[DONE]" not in buf:
-        data = await reader.read(65536)
-        if not data:
-            break
-        if first is None and b"data:" in buf + data:
-            first = time.perf_counter() - started
-        buf += data
-    total = time.perf_counter() - started
-    writer.close()
-    return (first or total) * 1000, total * 1000
-
-
-def stream_latency(base: str, n: int = 300) -> tuple[float, float]:
-    host, port = base.removeprefix("http://").split(":")
-
-    async def go() -> tuple[float, float]:
-        ttfb, total = [], []
-        for _ in range(n):
-            a, b = await _stream_once(host, int(port), "/v1/chat/completions", STREAM_BODY)
-            ttfb.append(a)
-            total.append(b)
-        return statistics.median(ttfb), statistics.median(total)
-
-    return asyncio.run(go())
+from ..harness import bench_config, gateway, mock_upstream
+from ..load import BODY, median_run, stream_latency, wrk
 
 
 def run(seconds: float, runs: int, config_extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,6 +1,10 @@
 """Rust core vs pure Python on the gateway's hot path: cache keys, token counts, SSE relay.
 
-Run: python benchmarks/hotpath.py [--json FILE] [--seconds S]
+The Python side is the references the parity tests hold the core against
+(tests/support/reference.py); each pair is checked to give the same answer before it is timed.
+
+    python -m benchmarks.scenarios.hotpath [--json FILE] [--seconds S]
+
 Prints a markdown table of ops/s with Rust/Python ratios and the targets.
 """
 
@@ -10,49 +14,26 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import tiktoken
-import tiktoken.load
-import tiktoken_ext.openai_public as openai_public
-import xxhash
 from llm_proxy import _core
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.reference import (
+    python_encoding,
+    reference_cache_key,
+    reference_chat_tokens,
+    reference_events,
+    reference_summary,
+)
+
 READ_SIZE = 1400
-
-
-def python_encoding(name: str) -> tiktoken.Encoding:
-    """Python tiktoken built from the rank files compiled into the Rust core (no download)."""
-    meta = json.loads(
-        subprocess.run(
-            ["cargo", "metadata", "--format-version", "1", "--offline"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        ).stdout
-    )
-    (package,) = [p for p in meta["packages"] if p["name"] == "tiktoken-rs"]
-    path = Path(package["manifest_path"]).parent / "assets" / f"{name}.tiktoken"
-    with mock.patch.object(
-        openai_public,
-        "load_tiktoken_bpe",
-        lambda *a, **k: tiktoken.load.load_tiktoken_bpe(str(path)),
-    ):
-        spec = getattr(openai_public, name)()
-    return tiktoken.Encoding(
-        name=spec["name"],
-        pat_str=spec["pat_str"],
-        mergeable_ranks=spec["mergeable_ranks"],
-        special_tokens=spec["special_tokens"],
-    )
+MODEL = "gpt-4o-mini"
 
 
 PROSE = (
@@ -143,50 +124,31 @@ def sse_stream(events: int) -> bytes:
     return b"".join(out)
 
 
-def py_cache_key(body: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(
-        json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    )
+def py_relay(reads: list[bytes]) -> tuple[list[bytes], dict[str, Any]]:
+    """The reference relay: the events of the whole stream, then what they add up to."""
+    events = reference_events(b"".join(reads))
+    return events, reference_summary("openai", events, MODEL)
 
 
-def py_relay(reads: list[bytes]) -> tuple[list[bytes], str]:
-    """A straightforward Python SSE parser: split on blank lines, json.loads each data line."""
-    buf = b""
-    forwarded: list[bytes] = []
-    text: list[str] = []
-    usage = None
-    done = False
-    for chunk in reads:
-        buf += chunk
-        while (end := buf.find(b"\n\n")) >= 0:
-            event, buf = buf[: end + 2], buf[end + 2 :]
-            forwarded.append(event)
-            for line in event.split(b"\n"):
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    done = True
-                    continue
-                obj = json.loads(data)
-                for choice in obj.get("choices") or []:
-                    content = (choice.get("delta") or {}).get("content")
-                    if content:
-                        text.append(content)
-                if obj.get("usage"):
-                    usage = obj["usage"]
-    assert done and usage
-    return forwarded, "".join(text)
-
-
-def rust_relay(reads: list[bytes]) -> tuple[list[bytes], str]:
-    relay = _core.SseRelay("openai", model="gpt-4o-mini")
+def rust_relay(reads: list[bytes]) -> tuple[list[bytes], _core.StreamSummary]:
+    relay = _core.SseRelay("openai", model=MODEL)
     forwarded: list[bytes] = []
     for chunk in reads:
         forwarded.extend(relay.feed(chunk))
-    summary = relay.finish()
-    assert summary.done
-    return forwarded, summary.text
+    return forwarded, relay.finish()
+
+
+def summary_dict(s: _core.StreamSummary) -> dict[str, Any]:
+    """A StreamSummary in the reference's terms."""
+    return {
+        "text": s.text,
+        "tool_calls": json.loads(s.tool_calls_json),
+        "finish_reason": s.finish_reason,
+        "prompt_tokens": s.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "events": s.events,
+        "done": s.done,
+    }
 
 
 def calibrate(fn: Callable[[], object], seconds: float) -> int:
@@ -232,34 +194,30 @@ def main() -> None:
     reads = [stream[i : i + READ_SIZE] for i in range(0, len(stream), READ_SIZE)]
     messages = json.dumps(json.loads(small)["messages"]).encode()
 
-    # Same answers before timing.
-    assert _core.count_tokens(text_20k) == len(o200k.encode_ordinary(text_20k))
-    assert rust_relay(reads) == py_relay(reads)
-
     def py_chat_tokens() -> int:
-        total = 3
-        for m in json.loads(messages):
-            total += 3
-            for k, v in m.items():
-                if isinstance(v, str):
-                    total += len(o200k.encode_ordinary(v)) + (k == "name")
-        return total
+        return reference_chat_tokens(json.loads(messages), "o200k_base")
 
-    assert py_chat_tokens() == _core.count_chat_tokens(messages, "gpt-4o-mini")
+    # Same answers before timing.
+    for body in (small, large):
+        assert _core.cache_key(body, "ns") == reference_cache_key(body, "ns")
+    assert _core.count_tokens(text_20k) == len(o200k.encode_ordinary(text_20k))
+    assert py_chat_tokens() == _core.count_chat_tokens(messages, MODEL)
+    events, summary = rust_relay(reads)
+    assert summary.done and (events, summary_dict(summary)) == py_relay(reads)
 
     cases: list[tuple[str, str, Callable[[], object], Callable[[], object], float | None]] = [
         (
             "cache_key",
             f"chat request {len(small) / 1024:.1f} KB",
             lambda: _core.cache_key(small, "ns"),
-            lambda: py_cache_key(small),
+            lambda: reference_cache_key(small, "ns"),
             5.0,
         ),
         (
             "cache_key",
             f"chat request {len(large) / 1024:.1f} KB",
             lambda: _core.cache_key(large, "ns"),
-            lambda: py_cache_key(large),
+            lambda: reference_cache_key(large, "ns"),
             None,
         ),
         (
@@ -279,7 +237,7 @@ def main() -> None:
         (
             "count_chat_tokens",
             f"messages of the {len(small) / 1024:.1f} KB request",
-            lambda: _core.count_chat_tokens(messages, "gpt-4o-mini"),
+            lambda: _core.count_chat_tokens(messages, MODEL),
             py_chat_tokens,
             1.0,
         ),

@@ -28,7 +28,7 @@ class App:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         async def make() -> Any:
             if CLIENT == "llm-proxy":
-                from llm_proxy.providers.transport import UpstreamClient
+                from llm_proxy.upstream.client import UpstreamClient
 
                 client = UpstreamClient(max_connections=1000, connect_timeout_s=5)
                 await client.start()

@@ -7,7 +7,7 @@ so a noisy minute hits both. For each mode: N sequential requests on one keep-al
 with 16 connections (requests/s, and CPU microseconds per request from /proc, the steadier
 figure on a shared machine).
 
-    python benchmarks/logging_overhead.py [--requests 3000] [--seconds 5] [--runs 3]
+    python -m benchmarks.scenarios.logging_overhead [--requests 3000] [--seconds 5] [--runs 3]
 """
 
 from __future__ import annotations
@@ -22,26 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import (
-    Served,
-    bench_config,
-    cpu_seconds,
-    median_run,
-    mock_upstream,
-    serve_gateway,
-    wrk,
-)
 
-BODY = json.dumps(
-    {
-        "model": "gpt-4o-mini",
-        "messages": [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "Summarise the plot of Hamlet in two sentences."},
-        ],
-        "max_tokens": 64,
-    }
-).encode()
+from ..harness import Served, bench_config, cpu_seconds, mock_upstream, serve_gateway
+from ..load import BODY, median_run, wrk
+
 HEADERS = {"content-type": "application/json"}
 
 

@@ -2,10 +2,10 @@
 
 Same service, same messages and the same server options as the gateway, but the handler does
 no work: it returns a prebuilt `ChatCompletionResponse` (optionally after sending the same
-initial metadata the gateway sends). `grpc_bench.py --server ceiling` drives it with the same
+initial metadata the gateway sends). `grpc_bench --ceiling` drives it with the same
 load generator, so the difference to the gateway is what our code and the pipeline cost.
 
-    python benchmarks/grpc_ceiling.py --port 50051 [--metadata]
+    python -m benchmarks.scenarios.grpc_ceiling --port 50051 [--metadata]
 """
 
 from __future__ import annotations
@@ -13,15 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "python"))
-
-from llm_proxy.grpc.gen import gateway_pb2 as pb  # noqa: E402
-from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc  # noqa: E402
+from llm_proxy.grpc.gen import gateway_pb2 as pb
+from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
 
 REPLY = pb.ChatCompletionResponse(
     id="chatcmpl-mock",

@@ -5,7 +5,7 @@ runs every gateway in turn (so a noisy minute hits all three) at 1, 16 and 64 cl
 the median run's requests/s, p50, p99 and CPU µs per request, then each gateway's log counters
 (written, dropped, and the times the loop stepped aside for the idle writer).
 
-    python benchmarks/writer_priority.py [--seconds 5] [--runs 3] [--clients 1,16,64]
+    python -m benchmarks.scenarios.writer_priority [--seconds 5] [--runs 3] [--clients 1,16,64]
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import OTHER_CPUS, Served
-from run import BODY, llm_proxy, load, mock, summarise, warm
+
+from ..harness import OTHER_CPUS, Served, llm_proxy, mock
+from ..load import BODY, load, summarise, warm
 
 MODES: dict[str, dict[str, Any] | None] = {
     "off": None,

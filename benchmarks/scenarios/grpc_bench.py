@@ -4,9 +4,9 @@ The gateway runs pinned to one core; the mock upstream and the load generator (a
 client in its own process) share the other. Added latency is the gateway's p50 minus calling
 the mock directly over HTTP (keep-alive aiohttp) in the same run, one call at a time.
 
-    python benchmarks/grpc_bench.py [--seconds 5] [--calls 2000] [--json FILE] [--ceiling]
+    python -m benchmarks.scenarios.grpc_bench [--seconds 5] [--calls 2000] [--json FILE] [--ceiling]
 
-`--ceiling` also drives `grpc_ceiling.py` (grpc.aio on uvloop answering a fixed reply with the
+`--ceiling` also drives `grpc_ceiling` (grpc.aio on uvloop answering a fixed reply with the
 gateway's initial metadata, on the same core) with the same load generator, in the same run:
 the most any grpc.aio front door can do here, before any work of ours.
 """
@@ -25,9 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from common import (
+from ..harness import (
     GATEWAY_CPU,
     OTHER_CPUS,
+    ROOT,
     bench_config,
     cpu_seconds,
     free_port,
@@ -37,9 +38,8 @@ from common import (
     stop,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "python"))
-
+# This module, run again as the load generator in a process of its own.
+CLIENT_MODULE = "benchmarks.scenarios.grpc_bench"
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Summarise the plot of Hamlet in two sentences."},
@@ -217,15 +217,11 @@ def gateway(config: dict[str, Any], grpc_port: int) -> Iterator[list[int]]:
 @contextmanager
 def ceiling(grpc_port: int) -> Iterator[list[int]]:
     """`grpc_ceiling.py` (fixed reply, with initial metadata) pinned to the gateway core."""
-    cmd = [
-        *pin([GATEWAY_CPU]),
-        sys.executable,
-        str(Path(__file__).with_name("grpc_ceiling.py")),
-        "--port",
-        str(grpc_port),
-        "--metadata",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    cmd = [*pin([GATEWAY_CPU]), sys.executable, "-m", "benchmarks.scenarios.grpc_ceiling"]
+    cmd += ["--port", str(grpc_port), "--metadata"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
@@ -237,8 +233,9 @@ def ceiling(grpc_port: int) -> Iterator[list[int]]:
 
 def _drive(plan: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
-        [*pin(OTHER_CPUS), sys.executable, __file__, "--client", json.dumps(plan)],
+        [*pin(OTHER_CPUS), sys.executable, "-m", CLIENT_MODULE, "--client", json.dumps(plan)],
         capture_output=True,
+        cwd=ROOT,
         text=True,
         check=False,
     )

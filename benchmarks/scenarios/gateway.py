@@ -1,0 +1,222 @@
+"""`make bench`'s HTTP scenarios: the gateway against calling the mock directly, two floors,
+the gateway with logging on and any peers, in interleaved rounds on the same core.
+
+One client, 16 and 64 (whole answers); streams (first byte, one client; 64 clients); cache
+hits, whole and streamed, at 1 and 64 clients; the mock answering after 100 ms at 64 clients;
+memory of a fresh gateway under load; and what the load generator drives alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from ..figures import DIRECT, FLOOR, GATEWAY, LOGGED, PROXY_FLOOR
+from ..harness import (
+    CPUS,
+    GATEWAY_CPU,
+    OTHER_CPUS,
+    Served,
+    granian_floor,
+    llm_proxy,
+    mock,
+    proxy_floor,
+    rss_bytes,
+)
+from ..load import (
+    BODY,
+    CHAT,
+    STREAM_BODY,
+    load,
+    mock_requests,
+    prime,
+    rounds,
+    stream_latency,
+    summarise,
+    warm,
+    wrk,
+)
+from ..peers import litellm
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def generator_check(seconds: float, runs: int) -> dict[str, Any]:
+    """What wrk alone can drive: the mock on the gateway's core, wrk on the others.
+
+    A capability, so the best of `runs` runs counts (the median is kept too).
+    """
+    cpus = [GATEWAY_CPU] if len(CPUS) > 1 else CPUS
+    with mock(cpus) as up:
+        wrk(up.url + CHAT, BODY, connections=8, seconds=1)  # the mock caches repeated answers
+        get, post, piped = [], [], []
+        for _ in range(runs):
+            get.append(load(up, b"", 64, seconds, path="/v1/models", method="GET"))
+            post.append(load(up, BODY, 64, seconds))
+            # Pipelined: the mock answers 16 requests per read, so the generator is the limit.
+            r = wrk(up.url + CHAT, BODY, connections=64, seconds=seconds, pipeline=16)
+            piped.append(dict(r.__dict__))
+    best = max(r["rps"] for r in get + post + piped)
+    return {
+        "get_models_64": summarise(get),
+        "post_chat_64": summarise(post),
+        "post_chat_64_pipelined_16": summarise(piped),
+        "best_rps": best,
+    }
+
+
+def stream_ttfb(targets: dict[str, Served], runs: int, n: int) -> dict[str, dict[str, Any]]:
+    """Time to first byte and total time of streams, one client, a fresh connection each."""
+    out: dict[str, dict[str, Any]] = {}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+    for _ in range(runs):
+        for name, target in targets.items():
+            count = n if name in (DIRECT, GATEWAY, PROXY_FLOOR) else max(20, n // 4)
+            samples[name].append(stream_latency(target.url, count))
+    for name, runs_ in samples.items():
+        ttfb = [a for a, _ in runs_]
+        total = [b for _, b in runs_]
+        out[name] = {
+            "ttfb_p50_ms": statistics.median(ttfb),
+            "total_p50_ms": statistics.median(total),
+            "spread": (max(ttfb) - min(ttfb)) / statistics.median(ttfb) if ttfb[0] else 0.0,
+            "runs": [{"ttfb_p50_ms": a, "total_p50_ms": b} for a, b in runs_],
+        }
+    return out
+
+
+def memory(upstream: str, tmp: Path, rps_hint: float, total: int) -> dict[str, Any]:
+    """VmRSS of a fresh gateway idle, after total/2 and after `total` requests at 64 clients."""
+    with llm_proxy(upstream, tmp) as gw:
+        time.sleep(1.0)
+        idle = rss_bytes(gw.pids)
+        samples = []
+        done = 0
+        for goal in (total // 2, total):
+            while done < goal:
+                # Short of the goal rather than past it; the loop tops up.
+                seconds = max(1, min(120, int((goal - done) / max(rps_hint, 50) * 0.9)))
+                r = wrk(gw.url + CHAT, BODY, connections=64, seconds=seconds)
+                done += r.requests
+                rps_hint = r.rps or rps_hint
+            samples.append({"requests": done, "rss_bytes": rss_bytes(gw.pids)})
+    first, last = samples
+    growth = (last["rss_bytes"] - first["rss_bytes"]) / first["rss_bytes"]
+    return {"idle_rss_bytes": idle, "samples": samples, "growth_second_half": growth}
+
+
+def _start_peer(
+    stack: ExitStack, upstream: str, tmp: Path, targets: dict[str, Served], results: dict[str, Any]
+) -> None:
+    """LiteLLM among the targets, or the reason it is not, in `results["peers"]`."""
+    progress("starting LiteLLM's proxy")
+    try:
+        targets["litellm"] = stack.enter_context(litellm.serve(upstream, tmp))
+    except Exception as exc:
+        log = tmp / "litellm.log"
+        tail = log.read_text()[-500:] if log.exists() else ""
+        tail = " ".join(tail.split())[-300:]
+        results["peers"]["litellm"] = {"status": f"did not start: {exc}; log: {tail}"}
+
+
+def _warm_all(targets: dict[str, Served]) -> None:
+    for name, t in targets.items():
+        if name != DIRECT:
+            warm(t, 5 if name == "litellm" else 1)  # LiteLLM is slow for its first seconds
+
+
+def _cache_hits(upstream: str, tmp: Path, args: argparse.Namespace, sc: dict[str, Any]) -> None:
+    """A gateway with the memory cache; the mock's request counter must stay still."""
+    cache = {"enabled": True, "backend": "memory"}
+    with llm_proxy(upstream, tmp, cache=cache) as cached:
+        for label, body in (("cache_hit", BODY), ("cache_hit_stream", STREAM_BODY)):
+            prime(cached.url, body)
+            before = mock_requests(upstream)
+            for clients in (1, 64):
+                sc[f"{label}_{clients}"] = rounds(
+                    {GATEWAY: cached},
+                    args.runs,
+                    lambda name, t, b=body, c=clients: load(t, b, c, args.seconds),
+                )
+            leaked = mock_requests(upstream) - before
+            sc[f"{label}_64"]["upstream_requests_during_run"] = leaked
+
+
+def run(args: argparse.Namespace, results: dict[str, Any], peers: list[str]) -> None:
+    """Every HTTP scenario, into `results["scenarios"]` and `results["memory"]`.
+
+    A peer that does not start is removed from `peers` and reported in `results["peers"]`.
+    """
+    seconds, runs, sc = args.seconds, args.runs, results["scenarios"]
+    with tempfile.TemporaryDirectory(prefix="llm-proxy-bench-") as tmp_, ExitStack() as stack:
+        tmp = Path(tmp_)
+        up = stack.enter_context(mock(OTHER_CPUS))
+        targets: dict[str, Served] = {DIRECT: up}
+        gw = stack.enter_context(llm_proxy(up.url, tmp))
+        targets[GATEWAY] = gw
+        results["meta"]["gateway_rss_bytes_start"] = rss_bytes(gw.pids)
+        floor = stack.enter_context(granian_floor())
+        hop = stack.enter_context(proxy_floor(up.url))
+        warm(hop)
+        logging_full = {
+            "content": "full",
+            "store": f"sqlite:///{tmp / 'bench-log.db'}",
+            "spool_path": str(tmp / "bench-log.spool"),
+        }
+        logged = stack.enter_context(llm_proxy(up.url, tmp, logging=logging_full))
+        warm(logged)
+        if "litellm" in peers:
+            _start_peer(stack, up.url, tmp, targets, results)
+            if "litellm" not in targets:
+                peers.remove("litellm")
+        _warm_all(targets)
+
+        for clients in (1, 16, 64):
+            progress(f"{clients} client(s): {', '.join(targets)}")
+            sc[f"clients_{clients}"] = rounds(
+                {**targets, FLOOR: floor, PROXY_FLOOR: hop, LOGGED: logged},
+                # One client's rounds have the fewest requests and the noisiest figures: >= 5.
+                runs if clients > 1 or args.quick else max(runs, 5),
+                lambda name, t, c=clients: load(
+                    t, BODY, c, seconds, timeout_s=0 if name != "litellm" else 30
+                ),
+            )
+        progress("streaming: time to first byte, one client")
+        sc["stream_ttfb"] = stream_ttfb(
+            {**targets, PROXY_FLOOR: hop},
+            runs if args.quick else max(runs, 5),
+            40 if args.quick else 200,
+        )
+        progress("streaming: 64 clients")
+        sc["stream_64"] = rounds(
+            {k: v for k, v in targets.items() if k != "litellm"},
+            runs,
+            lambda name, t: load(t, STREAM_BODY, 64, seconds),
+        )
+
+        progress("cache hits (memory backend), 1 and 64 clients")
+        _cache_hits(up.url, tmp, args, sc)
+
+        rps_hint = sc["clients_64"][GATEWAY]["rps"]
+        total = 10_000 if args.quick else 100_000
+        progress(f"memory: fresh gateway, RSS idle, after {total // 2:,} and {total:,} requests")
+        results["memory"] = memory(up.url, tmp, rps_hint, total)
+
+    with tempfile.TemporaryDirectory(prefix="llm-proxy-bench-") as tmp_, ExitStack() as stack:
+        tmp = Path(tmp_)
+        progress("upstream delay 100 ms, 64 clients")
+        slow = stack.enter_context(mock(OTHER_CPUS, delay_ms=100))
+        targets = {DIRECT: slow, GATEWAY: stack.enter_context(llm_proxy(slow.url, tmp))}
+        if "litellm" in peers:
+            targets["litellm"] = stack.enter_context(litellm.serve(slow.url, tmp))
+        _warm_all(targets)
+        sc["delay100_64"] = rounds(
+            targets, runs, lambda name, t: load(t, BODY, 64, seconds, timeout_s=30)
+        )
