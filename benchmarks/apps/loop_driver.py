@@ -108,7 +108,7 @@ def main() -> None:
             elif path == "bare-stream":
                 await bare_stream(proto)
             else:
-                await app(scope, proto)  # type: ignore[arg-type]
+                await app.http(scope, proto)  # type: ignore[arg-type]
             if proto.status != 200:
                 raise SystemExit(f"{path}: status {proto.status}")
 
