@@ -37,6 +37,7 @@ class GatewayApp:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(self.recorder.start())
         loop.run_until_complete(self.pipeline.start())
+        self.http.start(loop)
         port = self.config.server.grpc_port
         if port:
             # Imported and built here, inside the worker's loop: grpc.aio objects belong to
@@ -55,6 +56,7 @@ class GatewayApp:
             # Granian kills the worker at shutdown_grace_s; leave a margin to close the rest.
             grace = max(0.5, self.config.server.shutdown_grace_s - 1.0)
             loop.run_until_complete(self.grpc.stop(grace))
+        self.http.stop()
         loop.run_until_complete(self.pipeline.close())
         # Flushes every queued log record to the store (or the spool).
         loop.run_until_complete(self.recorder.close())
