@@ -15,7 +15,7 @@ import msgspec
 
 from .config import Config, load_config
 from .http.door import HttpDoor
-from .observe import build_recorder
+from .observe import build_recorder, worker_started
 from .pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class GatewayApp:
         self.__rsgi__ = self.http.__call__
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        worker_started()
         loop.run_until_complete(self.recorder.start())
         loop.run_until_complete(self.pipeline.start())
         self.http.start(loop)
