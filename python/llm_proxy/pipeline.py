@@ -28,6 +28,7 @@ from typing import Protocol
 from .cache import CacheTicket, ResponseCache, build_cache
 from .calls import Call, Deployment, EventStream, Outcome, Reply, StreamSummary
 from .config import Config
+from .credentials import SecretMask, configured_secrets
 from .errors import GatewayError, model_not_found
 from .observe.tracing import Tracer, build_tracer
 from .providers import Provider, build_provider
@@ -117,6 +118,7 @@ class PipelineStream:
                 yield event
             outcome = Outcome(status=200)
         except GatewayError as exc:
+            self._pipeline._secrets.error(exc)
             outcome = Outcome(exc.status, exc.type, exc.message)
             raise
         except Exception:
@@ -171,6 +173,8 @@ class Pipeline:
         # Admission stages, in order (see the module docstring).
         self.admission: list[Stage] = [self.router]
         self.recorder: Recorder = recorder or NullRecorder()
+        # Provider keys an upstream echoes in its error never reach the client or the log.
+        self._secrets = SecretMask(configured_secrets(config))
         self.cache: ResponseCache | None = build_cache(config.cache)
         # Built by start(), inside the worker: its exporter holds a gRPC channel and a thread.
         self.tracer: Tracer | None = None
@@ -239,6 +243,8 @@ class Pipeline:
             else:
                 reply = await provider.complete(call, deployment)
         except BaseException as exc:
+            if isinstance(exc, GatewayError):
+                self._secrets.error(exc)
             self.ended(call, _failed(exc))
             raise
         self.ended(call, Outcome(reply.status, usage=reply.usage, response_body=reply.body))
@@ -266,6 +272,8 @@ class Pipeline:
                 span.upstream(deployment)
             inner = await provider.stream(call, deployment)
         except BaseException as exc:
+            if isinstance(exc, GatewayError):
+                self._secrets.error(exc)
             self.ended(call, _failed(exc))
             raise
         return PipelineStream(self, call, inner, ticket)
