@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from llm_proxy.logstore.spool import Spool
 
 from tests.e2e.test_observe import logging_config, record_of
 from tests.support.servers import MockUpstream, start_gateway
@@ -85,3 +86,32 @@ def test_a_redis_password_is_never_printed(mock_upstream: MockUpstream, tmp_path
     assert "redis://:***@127.0.0.1:9/0" in log
     assert "hunter2-REDIS-SECRET" not in log
     assert "UserWarning" not in log
+
+
+def test_the_sqlite_store_and_the_spool_are_readable_by_their_owner_only(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    gw = start_gateway(logging_config(mock_upstream, tmp_path), tmp_path)
+    try:
+        r = httpx.post(
+            gw.base_url + "/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-request-id": "perms"},
+            timeout=10,
+        )
+        assert r.status_code == 200
+        record_of(tmp_path / "log.db", "perms")
+        made = [p for p in tmp_path.iterdir() if p.name.startswith("log.")]
+        assert "log.db" in {p.name for p in made}
+    finally:
+        gw.stop()
+    spool = Spool(str(tmp_path / "log.spool"))
+    spool.append([])
+    try:
+        for path in [*made, tmp_path / "log.spool"]:
+            if path.exists():
+                mode = path.stat().st_mode
+                assert mode & 0o077 == 0, f"{path.name} is {oct(mode)}"
+        assert (tmp_path / "log.spool").exists()
+    finally:
+        spool.close()

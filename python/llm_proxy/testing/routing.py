@@ -129,8 +129,8 @@ class MockState:
                 return anthropic_wire.error(ctl.status)
             if req.headers.get("x-mock-echo-key"):
                 # As OpenAI does for a wrong key: the error quotes the key it was sent.
-                key = req.headers.get("authorization", "").split()[-1:] or [""]
-                return openai_wire.error(ctl.status, f"Incorrect API key provided: {key[0]}.")
+                sent = req.headers.get("authorization", "").split()[-1:] or [""]
+                return openai_wire.error(ctl.status, f"Incorrect API key provided: {sent[0]}.")
             return openai_wire.error(ctl.status)
         if req.method == "GET":
             if path == "/v1/models":
