@@ -40,6 +40,8 @@ class _ProviderBase(_Section, tag_field="kind"):
     connect_timeout_s: float = 10.0
     headers: dict[str, str] = {}
     max_connections: int = 1000
+    # An answer larger than this (after decompression) is refused with a 502.
+    max_response_bytes: int = 64 * MiB
 
 
 class OpenAIProvider(_ProviderBase, tag="openai", kw_only=True):
