@@ -95,6 +95,8 @@ class Call:
     trace_headers: list[tuple[str, str]] | None = None
     # The call's trace span, when tracing is on and the call is sampled.
     span: CallSpan | None = None
+    # Set when the gateway itself cut the call short (it was shutting down).
+    cut_by_shutdown: bool = False
 
     def remaining_s(self, limit: float) -> float:
         """The time the upstream may take: the provider's limit, bounded by the deadline."""
@@ -104,6 +106,16 @@ class Call:
 
     def overhead_ms(self) -> float:
         return max(0.0, (time.perf_counter() - self.started - self.upstream_s) * 1000.0)
+
+
+SHUTDOWN_MESSAGE = "the gateway shut down before the answer finished"
+
+
+def cancelled_outcome(call: Call) -> Outcome:
+    """How a cancelled call ended: its client left, or the gateway shut down."""
+    if call.cut_by_shutdown:
+        return Outcome(503, "shutdown", SHUTDOWN_MESSAGE)
+    return Outcome(499, "client_closed", "the client left before the answer")
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -39,6 +40,7 @@ class GatewayApp:
         loop.run_until_complete(self.recorder.start())
         loop.run_until_complete(self.pipeline.start())
         self.http.start(loop)
+        self._watch_for_shutdown(loop)
         port = self.config.server.grpc_port
         if port:
             # Imported and built here, inside the worker's loop: grpc.aio objects belong to
@@ -51,6 +53,21 @@ class GatewayApp:
         # garbage is collected first, not frozen.
         gc.collect()
         gc.freeze()
+
+    def _watch_for_shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        """At SIGTERM, plan to cut what still runs near the end of the grace period.
+
+        Granian's own handler (on the loop) still runs: a Python-level handler does not
+        replace the loop's, which is woken through the signal wakeup fd.
+        """
+        grace = self.config.server.shutdown_grace_s
+        # Time left after the cut: the cut calls answer and their records reach the store.
+        cut_after_s = max(0.5, grace - max(1.5, grace * 0.1))
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            loop.call_soon_threadsafe(self.http.watch.shutdown, cut_after_s)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.grpc is not None:

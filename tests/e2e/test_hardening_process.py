@@ -87,3 +87,39 @@ def test_version_flag_prints_the_version() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.strip() == f"llm-proxy {__version__}"
+
+
+def test_streams_still_running_at_the_end_of_the_grace_are_ended_and_recorded(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    from tests.e2e.test_observe import logging_config, record_of
+    from tests.support.servers import add_mock_model
+
+    config = logging_config(mock_upstream, tmp_path)
+    config["server"]["shutdown_grace_s"] = 3
+    # 200 chunks 50 ms apart: a 10 s stream, longer than the grace.
+    add_mock_model(
+        config, mock_upstream, "uplong", {"x-mock-chunks": "200", "x-mock-chunk-delay-ms": "50"}
+    )
+    gw = start_gateway(config, tmp_path)
+    body = {"model": "uplong", "messages": [{"role": "user", "content": "go"}], "stream": True}
+    started = time.monotonic()
+    with (
+        httpx.Client(timeout=15) as http,
+        http.stream(
+            "POST",
+            gw.base_url + "/chat/completions",
+            json=body,
+            headers={"x-request-id": "cut-at-shutdown"},
+        ) as resp,
+    ):
+        lines = resp.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        os.kill(gw.proc.pid, signal.SIGTERM)
+        rest = [line for line in lines if line.startswith("data:")]
+    assert time.monotonic() - started < 4
+    assert '"code":"shutdown"' in rest[-1], rest[-3:]
+    assert "data: [DONE]" not in rest
+    assert gw.proc.wait(timeout=20) == 0
+    record = record_of(tmp_path / "log.db", "cut-at-shutdown")
+    assert (record["status"], record["error_type"]) == (503, "shutdown")

@@ -15,7 +15,7 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
-from ..calls import Call, Endpoint, Outcome, decode_call, new_request_id, shown
+from ..calls import SHUTDOWN_MESSAGE, Call, Endpoint, Outcome, decode_call, new_request_id, shown
 from ..config import Config
 from ..errors import GatewayError
 from ..pipeline import Pipeline, PipelineStream
@@ -267,7 +267,7 @@ class HttpDoor:
             self._refused(endpoint, request_id, exc)
             raise
         watch = self.watch
-        watch.running(task, proto)
+        watch.running(task, proto, call)
         try:
             if call.stream:
                 await self._stream(call, proto, task)
@@ -286,6 +286,11 @@ class HttpDoor:
         except GatewayError as exc:
             _error_response(proto, exc, request_id, call.overhead_ms())
         except asyncio.CancelledError:
+            if watch.cut_by_shutdown(task):
+                task.uncancel()
+                if not call.stream:
+                    _error_response(proto, _shutting_down(), request_id, call.overhead_ms())
+                return
             if not watch.client_left(task):
                 raise
             # The client left: the pipeline recorded the call as 499 and closed the upstream.
@@ -296,6 +301,7 @@ class HttpDoor:
     async def _stream(self, call: Call, proto: HTTPProtocol, task: asyncio.Task[Any]) -> None:
         # The client leaving cancels this task (see RequestWatch), which closes the upstream.
         stream: PipelineStream | None = None
+        transport: Any = None
         try:
             stream = await self.pipeline.stream(call)
             events = stream.__aiter__()
@@ -313,6 +319,18 @@ class HttpDoor:
             transport = proto.response_stream(200, headers)
             await self._pump(events, first, transport, call.request_id)
         except asyncio.CancelledError:
+            if self.watch.cut_by_shutdown(task):
+                # Cut before the worker's grace ran out: the client gets the error (an event
+                # once the stream started) and the call its record (503), not a dead socket.
+                task.uncancel()
+                if stream is not None:
+                    await stream.aclose()
+                if transport is None:
+                    _error_response(proto, _shutting_down(), call.request_id, call.overhead_ms())
+                else:
+                    with contextlib.suppress(ProtocolClosed, ProtocolError):
+                        await transport.send_bytes(_shutting_down().sse_event())
+                return
             if not self.watch.client_left(task):
                 raise
             # The call is logged as the client's (499); nobody is left to read an answer. A
@@ -356,6 +374,10 @@ async def _first_event(events: AsyncGenerator[bytes, None], request_id: str) -> 
         raise
     except Exception:
         raise _stream_failed(request_id) from None
+
+
+def _shutting_down() -> GatewayError:
+    return GatewayError(503, SHUTDOWN_MESSAGE, code="shutdown")
 
 
 def _stream_failed(request_id: str) -> GatewayError:

@@ -13,6 +13,8 @@ from typing import Any
 
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol
 
+from ..calls import Call
+
 WATCH_AFTER_S = 0.1
 _TICK_S = 0.05
 
@@ -30,7 +32,10 @@ class RequestWatch:
         self._running: dict[
             asyncio.Task[Any], tuple[float, HTTPProtocol, asyncio.Future[Any] | None]
         ] = {}
+        self._calls: dict[asyncio.Task[Any], Call] = {}
         self._left: set[asyncio.Task[Any]] = set()
+        self._shut: set[asyncio.Task[Any]] = set()
+        self._cut: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -40,6 +45,9 @@ class RequestWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._cut is not None:
+            self._cut.cancel()
+            self._cut = None
         for _, _, gone in self._running.values():
             if gone is not None:
                 gone.cancel()
@@ -63,11 +71,14 @@ class RequestWatch:
 
     # -- requests in flight ----------------------------------------------------------------
 
-    def running(self, task: asyncio.Task[Any], proto: HTTPProtocol) -> None:
+    def running(self, task: asyncio.Task[Any], proto: HTTPProtocol, call: Call) -> None:
         self._running[task] = (self._now(), proto, None)
+        self._calls[task] = call
 
     def done(self, task: asyncio.Task[Any]) -> bool:
         """The request ended; True if its client left (the task was cancelled for it)."""
+        self._calls.pop(task, None)
+        self._shut.discard(task)
         entry = self._running.pop(task, None)
         if entry is not None and entry[2] is not None:
             entry[2].cancel()
@@ -78,6 +89,26 @@ class RequestWatch:
 
     def client_left(self, task: asyncio.Task[Any]) -> bool:
         return task in self._left
+
+    def cut_by_shutdown(self, task: asyncio.Task[Any]) -> bool:
+        return task in self._shut
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def shutdown(self, cut_after_s: float) -> None:
+        """The worker is stopping: requests still running in `cut_after_s` are cut then (a
+        stream gets an error event), so they are answered and recorded before the worker is
+        killed at the end of its grace period."""
+        loop = self._loop
+        if loop is not None and self._cut is None:
+            self._cut = loop.call_later(max(0.0, cut_after_s), self._cut_all)
+
+    def _cut_all(self) -> None:
+        for task, call in list(self._calls.items()):
+            if not task.done():
+                call.cut_by_shutdown = True
+                self._shut.add(task)
+                task.cancel()
 
     # -- the tick ---------------------------------------------------------------------------
 
