@@ -2,6 +2,7 @@
 //! modules below, which `cargo test` exercises without an interpreter.
 
 pub mod cache_key;
+pub mod logwriter;
 pub mod sse;
 pub mod tokens;
 
