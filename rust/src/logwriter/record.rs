@@ -344,6 +344,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn floats_round_trip_exactly() {
+        // Python's repr of 42.1 - 30.0; an approximate parse reads 12.1.
+        let mut r = sample(1);
+        r.overhead_ms = 12.100000000000001;
+        let back = LogRecord::decode(&r.encode()).unwrap();
+        assert_eq!(back.overhead_ms.to_bits(), r.overhead_ms.to_bits());
+    }
+
+    #[test]
     fn ids_follow_pythons_new_id() {
         let mut f = ContentFilter::new(ContentPolicy::Full, SecretMask::default(), "0123456789ab");
         // f"{int(1765000000.25 * 1_000_000):014x}" in Python
