@@ -182,7 +182,10 @@ class LogWriter:
         priority: Literal["normal", "idle"] = "normal",
     ) -> None:
         """Start the thread. `store` is `sqlite:///PATH`, a file path or `postgresql://...`;
-        `id_prefix` is the process's record-id prefix (`calls.PROCESS_PREFIX`). Raises
+        `id_prefix` is the process's record-id prefix (`calls.PROCESS_PREFIX`). The writer
+        wakes at `batch_size` queued records or after `max_batch_delay_s` and writes what waits
+        in one store call (up to 4 x `batch_size` when it has fallen behind). Retention
+        (`retention_days`, `max_rows`) runs at start and every `purge_interval_s`. Raises
         ValueError for a bad setting or URL (not for a store that is down)."""
     def submit(self, record: bytes) -> bool:
         """Queue one record without waiting: the msgspec JSON of a `LogRecord`, with `id` ""

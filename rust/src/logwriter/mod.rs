@@ -25,6 +25,9 @@ use redact::SecretMask;
 use spool::{DeadLetter, Spool};
 use store::{Store, StoreError};
 
+/// A writer that has fallen behind writes up to this many batches' records in one store call.
+const CATCH_UP: usize = 4;
+
 /// How a writer is started (`logging.*` in the config).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -32,6 +35,8 @@ pub struct Settings {
     pub store_url: String,
     pub spool_path: PathBuf,
     pub queue_max_bytes: usize,
+    /// The writer wakes when this many records wait (or after `max_batch_delay`) and writes
+    /// them in one store call; up to 4 times as many when it has fallen behind.
     pub batch_size: usize,
     pub max_batch_delay: Duration,
     /// The client-side deadline of every store call (and PostgreSQL's statement_timeout).
@@ -186,7 +191,8 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let n = q.items.len().min(self.batch_size);
+        // Behind (a backlog after a slow or down store, or a burst): fewer, larger writes.
+        let n = q.items.len().min(self.batch_size * CATCH_UP);
         let batch: Vec<Vec<u8>> = q.items.drain(..n).collect();
         q.bytes -= batch.iter().map(Vec::len).sum::<usize>();
         q.taken += n as u64;
@@ -264,13 +270,14 @@ impl LogWriter {
     /// queue's bytes are at their bound, or the writer is closed), which is counted.
     pub fn submit(&self, record: &[u8]) -> bool {
         let shared = &*self.shared;
+        let owned = record.to_vec(); // copied before taking the lock the writer also takes
         let mut q = shared.lock();
         if q.stopping || q.bytes + record.len() > shared.max_bytes {
             drop(q);
             shared.drop_records(1);
             return false;
         }
-        q.items.push_back(record.to_vec());
+        q.items.push_back(owned);
         q.bytes += record.len();
         q.accepted += 1;
         let full = q.items.len() == shared.batch_size;
@@ -383,6 +390,8 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
+        // Even if this thread panics, flush() and close() must not wait for it in vain.
+        let _finished = Finished(Arc::clone(&self.shared));
         if self.settings.idle_priority {
             set_idle_priority();
         }
@@ -608,10 +617,19 @@ impl Worker {
         self.maintain();
         self.spool.close();
         self.store.close();
-        let mut q = self.shared.lock();
+    }
+}
+
+/// Marks the writer finished when its thread ends, however it ends.
+struct Finished(Arc<Shared>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
         q.finished = true;
+        q.stopping = true;
         drop(q);
-        self.shared.progress.notify_all();
+        self.0.progress.notify_all();
     }
 }
 
