@@ -41,6 +41,14 @@ static PHONE: LazyLock<FancyRegex> = LazyLock::new(|| {
     .expect("phone pattern")
 });
 
+// What every match of CARD and PHONE contains, found by the fast engine: text without it
+// (most prose) skips the backtracking one, whose leading lookbehind makes it test every
+// position (~40 ns a character).
+static CARD_HINT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\d(?:[ \-]?\d){12}").expect("card hint"));
+static PHONE_HINT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\d\d[ .\-]\d\d").expect("phone hint"));
+
 /// Python's `luhn_ok`, digit values taken as `ord(ch) - 48` as it does.
 pub fn luhn_ok(digits: &str) -> bool {
     let mut total: i64 = 0;
@@ -121,7 +129,11 @@ fn phone(m: &str) -> Option<&'static str> {
 /// Mask API keys, card numbers (Luhn-valid), IBANs, e-mail addresses and phone numbers.
 pub fn redact(text: &str) -> String {
     let text = API_KEY.replace_all(text, "[API_KEY]");
-    let text = fancy_replace(&CARD, &text, card).into_owned();
+    let text = if CARD_HINT.is_match(&text) {
+        fancy_replace(&CARD, &text, card)
+    } else {
+        text
+    };
     let text = IBAN.replace_all(&text, |c: &Captures<'_>| {
         if iban_ok(&c[0]) {
             "[IBAN]".to_owned()
@@ -130,7 +142,11 @@ pub fn redact(text: &str) -> String {
         }
     });
     let text = EMAIL.replace_all(&text, "[EMAIL]");
-    fancy_replace(&PHONE, &text, phone).into_owned()
+    if PHONE_HINT.is_match(&text) {
+        fancy_replace(&PHONE, &text, phone).into_owned()
+    } else {
+        text.into_owned()
+    }
 }
 
 /// Removes known secrets (provider keys, the caller's own key) from any stored text.
