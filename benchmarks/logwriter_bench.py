@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -59,8 +59,11 @@ def records(n: int) -> list[bytes]:
     return out
 
 
+Content = Literal["full", "redacted", "none"]
+
+
 def run(
-    store: str, spool: Path, raws: list[bytes], content: str, batch_size: int
+    store: str, spool: Path, raws: list[bytes], content: Content, batch_size: int
 ) -> dict[str, float]:
     writer = _core.LogWriter(
         store, str(spool), queue_max_bytes=4 << 30, content=content, batch_size=batch_size,

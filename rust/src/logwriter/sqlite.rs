@@ -1,5 +1,11 @@
 //! SQLite log store: one file in WAL mode (created 0600), written in batches of multi-row
 //! inserts inside one transaction.
+//!
+//! This SQLite is the bundled copy, not the one Python's `sqlite3` uses. Two copies of SQLite
+//! in one process do not see each other's POSIX locks, and closing a file descriptor drops
+//! every lock the process holds on that file (sqlite.org/howtocorrupt.html, 2.2): so in a
+//! process running the writer, Python must not open the log file while the writer runs
+//! (create the schema first and close that connection; read from other processes).
 
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
