@@ -351,6 +351,23 @@ def test_retention_purges_old_records_at_start(tmp_path: Path) -> None:
     assert [row[0] for row in sqlite_rows(db)] == ["n" * 30]
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is a Linux policy")
+def test_writer_thread_runs_at_idle_priority_on_request(tmp_path: Path) -> None:
+    for priority, policy in (("idle", os.SCHED_IDLE), ("normal", os.SCHED_OTHER)):
+        writer = start(sqlite_store(tmp_path / f"{priority}.db"), tmp_path, priority=priority)
+        try:
+            time.sleep(0.2)  # the thread sets its policy first thing
+            tids = [
+                int(task.name)
+                for task in Path("/proc/self/task").iterdir()
+                if (task / "comm").read_text().startswith("llm-proxy-logwr")
+            ]
+            assert [os.sched_getscheduler(tid) for tid in tids] == [policy]
+        finally:
+            assert writer.close(WAIT)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 # -- redaction ------------------------------------------------------------------------------
 
 # What the detectors look at: digits, separators, letters, the key and e-mail shapes.
@@ -623,11 +640,12 @@ def test_postgres_killed_mid_run_loses_nothing(
         template["id"] = f"k{i:029d}"
         assert writer.submit(msgspec.json.encode(template))
         if i % 100 == 0:
-            time.sleep(0.02)
+            time.sleep(0.05)
     wait_for(lambda: writer.stats()["written"] >= total)
     assert writer.close(WAIT)
     stats = writer.stats()
     assert stats["dropped"] == 0 and stats["dead_lettered"] == 0
+    assert stats["spooled"] > 0 and stats["store_errors"] > 0  # the store was really away
     assert len(pg_rows(url, schema)) == total
 
 
