@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::record::{LogRecord, COLUMNS};
@@ -59,7 +60,16 @@ impl PostgresStore {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the PostgreSQL writer runtime: {e}"))?;
-        Config::from_str(url).map_err(|e| format!("bad PostgreSQL URL {}: {e}", safe_url(url)))?;
+        let config = Config::from_str(url)
+            .map_err(|e| format!("bad PostgreSQL URL {}: {e}", safe_url(url)))?;
+        // Refused here rather than failing every connect while records pile up in the spool.
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(format!(
+                "{}: the log writer cannot use TLS yet (sslmode=require); \
+                 use sslmode=disable or prefer",
+                safe_url(url)
+            ));
+        }
         Ok(Self {
             url: url.to_owned(),
             timeout,
@@ -282,6 +292,24 @@ mod tests {
         assert!(sql.contains("$2::float8[]"));
         assert!(!sql.contains("$29"));
         assert_eq!(int4(1 << 40), i32::MAX);
+    }
+
+    #[test]
+    fn tls_it_cannot_give_is_refused_at_start() {
+        let err = PostgresStore::new(
+            "postgresql://u@h/db?sslmode=require",
+            Duration::from_secs(1),
+        );
+        assert!(err.err().unwrap().contains("sslmode=require"));
+        assert!(PostgresStore::new(
+            "postgresql://u@h/db?sslmode=verify-full",
+            Duration::from_secs(1)
+        )
+        .is_err());
+        assert!(
+            PostgresStore::new("postgresql://u@h/db?sslmode=prefer", Duration::from_secs(1))
+                .is_ok()
+        );
     }
 
     #[test]
