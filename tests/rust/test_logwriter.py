@@ -488,6 +488,65 @@ def test_postgres_takes_nul_in_every_text_field(tmp_path: Path, pg_schema: tuple
     check_nul_rows(pg_rows(url, schema))
 
 
+def server_ssl(url: str) -> bool:
+    with psycopg_conn(url) as conn:
+        return bool(conn.execute("SHOW ssl").fetchone()[0] == "on")
+
+
+@pytest.mark.parametrize(("sslmode", "encrypted"), [("disable", False), ("prefer", True)])
+def test_postgres_tls_follows_sslmode_as_libpq_reads_it(
+    tmp_path: Path, pg_schema: tuple[str, str], sslmode: str, encrypted: bool
+) -> None:
+    url, schema = pg_schema
+    if encrypted and not server_ssl(url):
+        pytest.skip("this PostgreSQL has ssl off")
+    app = f"logwriter-{uuid.uuid4().hex[:8]}"
+    writer = start(f"{via(url, schema)}&sslmode={sslmode}&application_name={app}", tmp_path)
+    try:
+        writer.submit(submitted(["t" * 30])[0])
+        assert writer.flush(WAIT)
+        assert writer.stats()["written"] == 1
+        with psycopg_conn(url) as conn:
+            row = conn.execute(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+                " WHERE a.application_name = %s",
+                (app,),
+            ).fetchone()
+        assert row == (encrypted,)
+    finally:
+        assert writer.close(WAIT)
+
+
+def test_postgres_verify_full_refuses_an_untrusted_certificate(
+    tmp_path: Path, pg_schema: tuple[str, str]
+) -> None:
+    url, schema = pg_schema
+    if not server_ssl(url):
+        pytest.skip("this PostgreSQL has ssl off")
+    try:
+        writer = start(
+            f"{via(url, schema)}&sslmode=verify-full&sslrootcert=system", tmp_path,
+            store_timeout_s=1.0,
+        )  # fmt: skip
+    except ValueError as exc:
+        pytest.skip(f"no system roots to check against: {exc}")
+    writer.submit(submitted(["v" * 30])[0])
+    assert writer.close(WAIT)
+    stats = writer.stats()
+    assert (stats["written"], stats["spooled"], stats["store_up"]) == (0, 1, False)
+
+
+def test_bad_tls_settings_fail_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sslmode"):
+        start("postgresql://u:secret@127.0.0.1/db?sslmode=sometimes", tmp_path)
+    with pytest.raises(ValueError, match=r"/no/such/ca\.pem") as err:
+        start(
+            "postgresql://u:secret@127.0.0.1/db?sslmode=verify-ca&sslrootcert=/no/such/ca.pem",
+            tmp_path,
+        )
+    assert "secret" not in str(err.value)
+
+
 class Forwarder:
     """A TCP forwarder to PostgreSQL switched between `pass`, `refuse` (nothing listens,
     open connections cut) and `hang` (connections accepted and held open, nothing relayed)."""

@@ -12,6 +12,7 @@ pub mod redact;
 pub mod spool;
 pub mod sqlite;
 pub mod store;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

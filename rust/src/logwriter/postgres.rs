@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::record::{LogRecord, COLUMNS};
 use super::store::{safe_url, Store, StoreError};
+use super::tls;
 
 /// The element type of each column's array, in COLUMNS order.
 const ARRAY_TYPES: [&str; 28] = [
@@ -48,7 +50,11 @@ struct Connected {
 }
 
 pub struct PostgresStore {
+    /// As given (for log lines, without its password).
     url: String,
+    /// As tokio-postgres reads it (sslmode/sslrootcert taken out; see tls.rs).
+    tokio_url: String,
+    tls: Option<MakeRustlsConnect>,
     timeout: Duration,
     runtime: Runtime,
     conn: Option<Connected>,
@@ -60,18 +66,14 @@ impl PostgresStore {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the PostgreSQL writer runtime: {e}"))?;
-        let config = Config::from_str(url)
-            .map_err(|e| format!("bad PostgreSQL URL {}: {e}", safe_url(url)))?;
-        // Refused here rather than failing every connect while records pile up in the spool.
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(format!(
-                "{}: the log writer cannot use TLS yet (sslmode=require); \
-                 use sslmode=disable or prefer",
-                safe_url(url)
-            ));
-        }
+        let bad = |e: String| format!("PostgreSQL URL {}: {e}", safe_url(url));
+        let (tokio_url, tls) = tls::split_url(url).map_err(bad)?;
+        Config::from_str(&tokio_url).map_err(|e| bad(e.to_string()))?;
+        let tls = tls::connector(&tls).map_err(bad)?;
         Ok(Self {
             url: url.to_owned(),
+            tokio_url,
+            tls,
             timeout,
             runtime,
             conn: None,
@@ -134,15 +136,27 @@ impl Store for PostgresStore {
     fn connect(&mut self) -> Result<(), StoreError> {
         self.close();
         let mut config =
-            Config::from_str(&self.url).map_err(|e| StoreError::Down(e.to_string()))?;
+            Config::from_str(&self.tokio_url).map_err(|e| StoreError::Down(e.to_string()))?;
         config.connect_timeout(self.timeout);
         let timeout_ms = self.timeout.as_millis().max(1);
+        let tls = self.tls.clone();
         let connecting = run(&self.runtime, self.timeout, async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            let driver = tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok((client, driver))
+            Ok(match tls {
+                None => {
+                    let (client, connection) = config.connect(NoTls).await?;
+                    let driver = tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    (client, driver)
+                }
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls).await?;
+                    let driver = tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    (client, driver)
+                }
+            })
         });
         let (client, driver) = self.finish("connect", connecting)?;
         // Not as a connect option: that would replace `options` given in the URL.
@@ -295,21 +309,15 @@ mod tests {
     }
 
     #[test]
-    fn tls_it_cannot_give_is_refused_at_start() {
-        let err = PostgresStore::new(
-            "postgresql://u@h/db?sslmode=require",
-            Duration::from_secs(1),
-        );
-        assert!(err.err().unwrap().contains("sslmode=require"));
-        assert!(PostgresStore::new(
-            "postgresql://u@h/db?sslmode=verify-full",
-            Duration::from_secs(1)
-        )
-        .is_err());
-        assert!(
-            PostgresStore::new("postgresql://u@h/db?sslmode=prefer", Duration::from_secs(1))
-                .is_ok()
-        );
+    fn bad_tls_settings_are_refused_at_start() {
+        let second = Duration::from_secs(1);
+        let url = "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/no/ca.pem";
+        assert!(PostgresStore::new(url, second)
+            .err()
+            .unwrap()
+            .contains("/no/ca.pem"));
+        assert!(PostgresStore::new("postgresql://u@h/db?sslmode=often", second).is_err());
+        assert!(PostgresStore::new("postgresql://u:pw@h/db?sslmode=require", second).is_ok());
     }
 
     #[test]
