@@ -187,13 +187,24 @@ class LogWriter:
         in one store call (up to 4 x `batch_size` when it has fallen behind). Retention
         (`retention_days`, `max_rows`) runs at start and every `purge_interval_s`. Raises
         ValueError for a bad setting or URL (not for a store that is down)."""
-    def submit(self, record: bytes) -> bool:
+    def submit(
+        self, record: bytes, prompt: bytes | None = None, answer: bytes | None = None
+    ) -> bool:
         """Queue one record without waiting: the msgspec JSON of a `LogRecord`, with `id` ""
         (given here) and its text not yet cleaned, plus an optional `caller_key` (the caller's
-        key, masked wherever it appears, never stored). The writer sets `content` to its mode,
-        drops prompt/completion/tool_calls under `none`, and cleans error_message, prompt,
-        completion and tool_calls as `RecordBuilder._clean` did. False if the record was
-        dropped (the queue is at `queue_max_bytes`, or the writer is closed): counted."""
+        key, masked wherever it appears, never stored).
+
+        The writer sets `content` to its mode, drops prompt/completion/tool_calls under `none`,
+        and cleans error_message, prompt, completion and tool_calls as
+        `RecordBuilder._clean` did. The loop may leave the content to the writer: `prompt`, the
+        request's prompt bytes, fills a null `prompt` (decoded as `decode("utf-8",
+        "replace")`); `answer`, a whole answer's body, fills null `completion` and
+        `tool_calls` as `_completion_of(_read_answer(answer))` does (tool calls included,
+        which the Python reader lost). Both count toward `queue_max_bytes`.
+
+        False if the record was dropped (the queue is at `queue_max_bytes`, or the writer is
+        closed): counted. A record that cannot be decoded is accepted here and set aside in the
+        dead-letter file by the writer."""
     def flush(self, timeout: float) -> bool:
         """Wait until every record submitted before this call is stored, spooled or counted
         lost; False if `timeout` passed first. Releases the GIL."""

@@ -306,9 +306,11 @@ mod bindings {
             Ok(Self { inner })
         }
 
-        /// Queue one record (msgspec JSON of a LogRecord); False if dropped (and counted).
-        fn submit(&self, record: &[u8]) -> bool {
-            self.inner.submit(record)
+        /// Queue one record (msgspec JSON of a LogRecord, and optionally the prompt and answer
+        /// bodies its content is read from); False if dropped (and counted).
+        #[pyo3(signature = (record, prompt = None, answer = None))]
+        fn submit(&self, record: &[u8], prompt: Option<&[u8]>, answer: Option<&[u8]>) -> bool {
+            self.inner.submit_with(record, prompt, answer)
         }
 
         /// Wait (without the GIL) until everything submitted so far is stored or spooled.

@@ -15,6 +15,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from llm_proxy import _core
 from llm_proxy.calls import Call, Deployment, Outcome
+from llm_proxy.observe import record as record_module
 from llm_proxy.observe.prices import PriceTable
 from llm_proxy.observe.record import LogRecord, RecordBuilder, as_row
 from llm_proxy.observe.redact import SecretMask, redact
@@ -116,6 +118,77 @@ def submitted(ids: list[str]) -> list[bytes]:
     return out
 
 
+# The Python writer loses whole answers that carry tool calls: its `_Message.tool_calls` is
+# `msgspec.Raw | None`, which msgspec decodes as "null only", so such an answer fails to decode
+# and is logged with completion "" and no tool calls. The Rust writer stores them; the Python
+# reference here is the Python reader with that fixed (test_..._python_writer_lost shows it).
+
+
+class _FixedMessage(msgspec.Struct):
+    content: str | None = None
+    tool_calls: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _FixedChoice(msgspec.Struct):
+    message: _FixedMessage | None = None
+    text: str | None = None
+
+
+class _FixedAnswer(msgspec.Struct):
+    choices: list[_FixedChoice] = []
+    usage: record_module._Usage | None = None
+
+
+def read_answer_fixed(body: bytes | None) -> record_module._Answer | None:
+    if not body:
+        return None
+    try:
+        answer = msgspec.json.decode(body, type=_FixedAnswer)
+    except msgspec.DecodeError:
+        return None
+    choices = []
+    for c in answer.choices:
+        message = None
+        if c.message is not None:
+            raw = c.message.tool_calls
+            tools = None if bytes(raw) == b"null" else raw
+            message = record_module._Message(content=c.message.content, tool_calls=tools)
+        choices.append(record_module._Choice(message=message, text=c.text))
+    return record_module._Answer(choices=choices, usage=answer.usage)
+
+
+@pytest.fixture
+def fixed_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record_module, "_read_answer", read_answer_fixed)
+
+
+Handover = list[tuple[bytes, bytes | None, bytes | None]]
+
+
+def handed_over(ids: list[str]) -> Handover:
+    """The records as the loop hands them over when the writer reads the content: figures in
+    the record, the prompt's and a whole answer's bytes beside it (what add_content read)."""
+    builder = RecordBuilder(PRICES, "full", SecretMask([]))
+    out: Handover = []
+    for (call, outcome, auth), id_ in zip(make_calls(), ids, strict=False):
+        record = builder.build(call, outcome, 1_800_000_000.5, 0.0421, None)
+        record.id = id_
+        answer = None
+        if outcome.summary is not None:
+            record.completion = outcome.summary.text
+            tools = outcome.summary.tool_calls_json
+            record.tool_calls = tools if tools != "[]" else None
+        elif call.endpoint != "embeddings" and outcome.status < 400:
+            if call.stream:
+                record.completion = ""
+            else:
+                answer = outcome.response_body or b""
+        fields = msgspec.structs.asdict(record)
+        fields["caller_key"] = auth.split()[-1] if auth else None
+        out.append((msgspec.json.encode(fields), call.prompt_json, answer))
+    return out
+
+
 def sqlite_store(path: Path) -> str:
     """A SQLite log file with the schema Python creates at startup; its URL."""
     url = f"sqlite:///{path}"
@@ -149,8 +222,17 @@ def wait_for(predicate: Any, timeout: float = WAIT) -> None:
 # -- SQLite ---------------------------------------------------------------------------------
 
 
+def submit_all(writer: _core.LogWriter, ids: list[str], handover: str) -> bool:
+    if handover == "bodies":
+        return all(writer.submit(r, prompt=p, answer=a) for r, p, a in handed_over(ids))
+    return all(writer.submit(raw) for raw in submitted(ids))
+
+
+@pytest.mark.parametrize("handover", ["content_in_record", "bodies"])
 @pytest.mark.parametrize("content", ["full", "redacted", "none"])
-def test_sqlite_rows_are_identical_to_the_python_writers(tmp_path: Path, content: str) -> None:
+def test_sqlite_rows_are_identical_to_the_python_writers(
+    tmp_path: Path, content: str, handover: str, fixed_reader: None
+) -> None:
     ids = [f"{i:014x}abcdef0123{i:06x}" for i in range(6)]
     expected_db = tmp_path / "python.db"
     store = open_store(sqlite_store(expected_db))
@@ -159,7 +241,7 @@ def test_sqlite_rows_are_identical_to_the_python_writers(tmp_path: Path, content
 
     db = tmp_path / "rust.db"
     writer = start(sqlite_store(db), tmp_path, content=content)
-    assert all(writer.submit(raw) for raw in submitted(ids))
+    assert submit_all(writer, ids, handover)
     assert writer.close(WAIT)
     assert writer.stats()["written"] == 6
     rows = sqlite_rows(db)
@@ -368,6 +450,66 @@ def test_writer_thread_runs_at_idle_priority_on_request(tmp_path: Path) -> None:
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
+# -- reading the answer ---------------------------------------------------------------------
+
+_scalar = st.one_of(st.none(), st.text(max_size=6), st.integers(-3, 3), st.booleans())
+_tool_calls = st.one_of(
+    st.none(), st.lists(st.dictionaries(st.sampled_from(["id", "type"]), _scalar), max_size=2)
+)
+_message = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {}, optional={"content": st.one_of(_scalar, st.lists(_scalar, max_size=2)),
+                      "tool_calls": _tool_calls, "role": st.just("assistant")},
+    ),
+)  # fmt: skip
+_choice = st.fixed_dictionaries({}, optional={"message": _message, "text": _scalar})
+_usage = st.one_of(
+    st.none(),
+    st.fixed_dictionaries({}, optional={"prompt_tokens": _scalar, "completion_tokens": _scalar}),
+)
+_answer = st.fixed_dictionaries(
+    {}, optional={"choices": st.lists(_choice, max_size=3), "usage": _usage, "id": _scalar}
+)
+_body = st.one_of(
+    st.builds(lambda a, sep: json.dumps(a, separators=sep).encode(), _answer,
+              st.sampled_from([(",", ":"), (", ", ": ")])),
+    st.binary(max_size=20),
+)  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_body, min_size=1, max_size=15))
+def test_completion_is_read_from_the_answer_as_python_reads_it(bodies: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "log.db"
+        writer = start(sqlite_store(db), Path(tmp), secrets=[])
+        template = msgspec.json.decode(submitted(["x"])[0])
+        for i, body in enumerate(bodies):
+            template["id"] = f"a{i:04d}"
+            template["completion"] = template["tool_calls"] = None
+            writer.submit(msgspec.json.encode(template), answer=body)
+        assert writer.close(WAIT)
+        with sqlite3.connect(db) as conn:
+            got = conn.execute("SELECT completion, tool_calls FROM requests ORDER BY id").fetchall()
+    assert got == [record_module._completion_of(read_answer_fixed(body)) for body in bodies]
+
+
+def test_whole_answers_with_tool_calls_are_stored_which_the_python_writer_lost(
+    tmp_path: Path,
+) -> None:
+    assert record_module._completion_of(record_module._read_answer(TOOL_ANSWER)) == ("", None)
+    db = tmp_path / "log.db"
+    writer = start(sqlite_store(db), tmp_path)
+    record, prompt, answer = handed_over([f"{i:030d}" for i in range(6)])[3]
+    assert answer == TOOL_ANSWER
+    writer.submit(record, prompt=prompt, answer=answer)
+    assert writer.close(WAIT)
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT completion, tool_calls FROM requests").fetchone()
+    assert row == ("", '[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]')
+
+
 # -- redaction ------------------------------------------------------------------------------
 
 # What the detectors look at: digits, separators, letters, the key and e-mail shapes.
@@ -451,14 +593,15 @@ def pg_rows(url: str, schema: str) -> list[tuple[Any, ...]]:
         return conn.execute(f"SELECT {cols} FROM requests ORDER BY id").fetchall()
 
 
+@pytest.mark.parametrize("handover", ["content_in_record", "bodies"])
 @pytest.mark.parametrize("content", ["full", "redacted", "none"])
 def test_postgres_rows_are_identical_to_the_python_writers(
-    tmp_path: Path, pg_schema: tuple[str, str], content: str
+    tmp_path: Path, pg_schema: tuple[str, str], content: str, handover: str, fixed_reader: None
 ) -> None:
     url, schema = pg_schema
     ids = [f"{i:014x}abcdef0123{i:06x}" for i in range(6)]
     writer = start(via(url, schema), tmp_path, content=content)
-    assert all(writer.submit(raw) for raw in submitted(ids))
+    assert submit_all(writer, ids, handover)
     assert writer.close(WAIT)
     assert writer.stats()["written"] == 6
     rust = pg_rows(url, schema)

@@ -143,9 +143,25 @@ struct Counters {
     purged: AtomicU64,
 }
 
+/// One submitted record: its JSON, and the request and answer bodies its content is read from
+/// on the writer thread (when the loop left that to it).
+struct Pending {
+    record: Vec<u8>,
+    prompt: Option<Vec<u8>>,
+    answer: Option<Vec<u8>>,
+}
+
+impl Pending {
+    fn bytes(&self) -> usize {
+        self.record.len()
+            + self.prompt.as_ref().map_or(0, Vec::len)
+            + self.answer.as_ref().map_or(0, Vec::len)
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<Vec<u8>>,
+    items: VecDeque<Pending>,
     bytes: usize,
     /// Records accepted, taken by the writer, and done with (stored, spooled or lost).
     accepted: u64,
@@ -183,7 +199,7 @@ impl Shared {
     }
 
     /// The next batch (waiting up to the batch delay for it to fill) and whether to stop.
-    fn take(&self) -> (Vec<Vec<u8>>, bool) {
+    fn take(&self) -> (Vec<Pending>, bool) {
         let mut q = self.lock();
         if !q.stopping && q.items.len() < self.batch_size && q.taken >= q.flush_to {
             q = self
@@ -194,8 +210,8 @@ impl Shared {
         }
         // Behind (a backlog after a slow or down store, or a burst): fewer, larger writes.
         let n = q.items.len().min(self.batch_size * CATCH_UP);
-        let batch: Vec<Vec<u8>> = q.items.drain(..n).collect();
-        q.bytes -= batch.iter().map(Vec::len).sum::<usize>();
+        let batch: Vec<Pending> = q.items.drain(..n).collect();
+        q.bytes -= batch.iter().map(Pending::bytes).sum::<usize>();
         q.taken += n as u64;
         let stop = q.stopping && q.items.is_empty();
         (batch, stop)
@@ -270,16 +286,28 @@ impl LogWriter {
     /// Queue one record (the msgspec JSON of a `LogRecord`); false if it was dropped (the
     /// queue's bytes are at their bound, or the writer is closed), which is counted.
     pub fn submit(&self, record: &[u8]) -> bool {
+        self.submit_with(record, None, None)
+    }
+
+    /// `submit`, with the request's prompt bytes and a whole answer's body for the writer to
+    /// read the record's prompt and completion from (see `ContentFilter::fill`).
+    pub fn submit_with(&self, record: &[u8], prompt: Option<&[u8]>, answer: Option<&[u8]>) -> bool {
         let shared = &*self.shared;
-        let owned = record.to_vec(); // copied before taking the lock the writer also takes
+        // Copied before taking the lock the writer also takes.
+        let pending = Pending {
+            record: record.to_vec(),
+            prompt: prompt.map(<[u8]>::to_vec),
+            answer: answer.map(<[u8]>::to_vec),
+        };
+        let size = pending.bytes();
         let mut q = shared.lock();
-        if q.stopping || q.bytes + record.len() > shared.max_bytes {
+        if q.stopping || q.bytes + size > shared.max_bytes {
             drop(q);
             shared.drop_records(1);
             return false;
         }
-        q.items.push_back(owned);
-        q.bytes += record.len();
+        q.items.push_back(pending);
+        q.bytes += size;
         q.accepted += 1;
         let full = q.items.len() == shared.batch_size;
         drop(q);
@@ -452,15 +480,17 @@ impl Worker {
         }
     }
 
-    fn persist(&mut self, raws: Vec<Vec<u8>>) {
-        let mut records = Vec::with_capacity(raws.len());
-        for raw in raws {
-            match LogRecord::decode(&raw) {
+    fn persist(&mut self, batch: Vec<Pending>) {
+        let mut records = Vec::with_capacity(batch.len());
+        for pending in batch {
+            match LogRecord::decode(&pending.record) {
                 Ok(mut record) => {
+                    let (prompt, answer) = (pending.prompt.as_deref(), pending.answer.as_deref());
+                    self.filter.fill(&mut record, prompt, answer);
                     self.filter.prepare(&mut record);
                     records.push(record);
                 }
-                Err(e) => self.dead_letter(&raw, &format!("undecodable record: {e}")),
+                Err(e) => self.dead_letter(&pending.record, &format!("undecodable record: {e}")),
             }
         }
         if records.is_empty() {

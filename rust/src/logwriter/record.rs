@@ -163,6 +163,83 @@ pub fn escape_nul(text: &mut String) -> bool {
     true
 }
 
+#[derive(Deserialize)]
+struct Details {
+    #[serde(default)]
+    #[allow(dead_code)]
+    cached_tokens: i64,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    #[allow(dead_code)]
+    prompt_tokens: i64,
+    #[serde(default)]
+    #[allow(dead_code)]
+    completion_tokens: i64,
+    #[serde(default)]
+    #[allow(dead_code)]
+    prompt_tokens_details: Option<Details>,
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default, borrow)]
+    tool_calls: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    message: Option<Message<'a>>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// The parts of an OpenAI-shaped answer the log reads (Python's `_Answer`: the same fields
+/// and types, so the same bodies are refused).
+#[derive(Deserialize)]
+struct Answer<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    usage: Option<Usage>,
+}
+
+/// The completion text and tool calls of a whole (non-stream) answer body, as Python's
+/// `_completion_of(_read_answer(body))`: texts joined by newlines; one choice's tool calls as
+/// the upstream spelt them, several as a JSON array of those; ("", None) for a body that is
+/// not such an answer.
+pub fn completion_of(body: &[u8]) -> (String, Option<String>) {
+    let Ok(answer) = serde_json::from_slice::<Answer<'_>>(body) else {
+        return (String::new(), None);
+    };
+    let mut texts: Vec<String> = Vec::new();
+    let mut tools: Vec<&str> = Vec::new();
+    for choice in answer.choices {
+        if let Some(message) = choice.message {
+            if let Some(content) = message.content.filter(|c| !c.is_empty()) {
+                texts.push(content);
+            }
+            if let Some(raw) = message.tool_calls.filter(|r| r.get() != "null") {
+                tools.push(raw.get());
+            }
+        } else if let Some(text) = choice.text.filter(|t| !t.is_empty()) {
+            texts.push(text);
+        }
+    }
+    let tool_calls = match tools.len() {
+        0 => None,
+        1 => Some(tools[0].to_owned()),
+        _ => Some(format!("[{}]", tools.join(","))),
+    };
+    (texts.join("\n"), tool_calls)
+}
+
 /// What of the prompt and completion is stored (`logging.content`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentPolicy {
@@ -219,6 +296,23 @@ impl ContentFilter {
                 ContentPolicy::Redacted => self.secrets.apply(&redact(value), caller_key),
                 _ => self.secrets.apply(value, caller_key),
             };
+        }
+    }
+
+    /// Fill the prompt and completion the loop left to the writer: the request's prompt bytes
+    /// (decoded as Python's `decode("utf-8", "replace")`) and the completion read from a whole
+    /// answer's body; fields the record already has are kept. Nothing under `none`.
+    pub fn fill(&self, record: &mut LogRecord, prompt: Option<&[u8]>, answer: Option<&[u8]>) {
+        if self.policy == ContentPolicy::None {
+            return;
+        }
+        if let (None, Some(prompt)) = (&record.prompt, prompt) {
+            record.prompt = Some(String::from_utf8_lossy(prompt).into_owned());
+        }
+        if let (None, None, Some(answer)) = (&record.completion, &record.tool_calls, answer) {
+            let (completion, tool_calls) = completion_of(answer);
+            record.completion = Some(completion);
+            record.tool_calls = tool_calls;
         }
     }
 
@@ -341,6 +435,20 @@ pub(crate) mod tests {
             (r.prompt, r.completion, r.content.as_str()),
             (None, None, "none")
         );
+    }
+
+    #[test]
+    fn completion_is_read_from_the_answer_as_python_reads_it() {
+        let body = br#"{"choices":[{"message":{"content":"a","tool_calls":[{"id":"t"}]}},
+            {"message":{"content":"b","tool_calls": [ {"id":"u"} ]}},{"text":"c"}]}"#;
+        let (text, tools) = completion_of(body);
+        assert_eq!(text, "a\nb\nc");
+        assert_eq!(tools.as_deref(), Some(r#"[[{"id":"t"}],[ {"id":"u"} ]]"#));
+        assert_eq!(completion_of(b"{}"), (String::new(), None));
+        assert_eq!(completion_of(b"not json"), (String::new(), None));
+        // A field of the wrong type refuses the whole body, as msgspec does.
+        let bad = br#"{"choices":[{"message":{"content":"a"}}],"usage":{"prompt_tokens":"x"}}"#;
+        assert_eq!(completion_of(bad), (String::new(), None));
     }
 
     #[test]
