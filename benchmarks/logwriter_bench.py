@@ -11,7 +11,7 @@ DATABASE_URL or postgresql://postgres@127.0.0.1:5432/test, in a schema of its ow
 afterwards; skipped with a line when unreachable.
 
     python benchmarks/logwriter_bench.py [--records 200000] [--runs 3] [--content full]
-                                         [--batch-size 500]
+                                         [--batch-size 500] [--bodies]
 """
 
 from __future__ import annotations
@@ -43,10 +43,24 @@ COMPLETION = (
 )
 
 
-def records(n: int) -> list[bytes]:
-    """N submitted records as the gateway hands them over (ids given by the writer)."""
+ANSWER = msgspec.json.encode(
+    {
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": COMPLETION}}],
+        "usage": {"prompt_tokens": 31, "completion_tokens": 44, "total_tokens": 75},
+    }
+)  # fmt: skip
+
+# (record, prompt, answer) as handed to submit()
+Submitted = tuple[bytes, bytes | None, bytes | None]
+
+
+def records(n: int, bodies: bool) -> list[Submitted]:
+    """N records as the gateway hands them over (ids given by the writer): with the prompt and
+    completion in the record, or (`bodies`) with the request and answer bodies beside it."""
     now = time.time()
-    out = []
+    out: list[Submitted] = []
     for i in range(n):
         record = LogRecord(
             id="", ts=now + i * 1e-5, request_id=f"{i:032x}", door="http",
@@ -54,11 +68,13 @@ def records(n: int) -> list[bytes]:
             provider_model="gpt-4o-mini-2024-07-18", endpoint="chat", status=200,
             latency_ms=412.5, upstream_ms=411.9, overhead_ms=0.6, prompt_tokens=31,
             completion_tokens=44, total_tokens=75, cost_usd=3.1e-05, content="full",
-            prompt=PROMPT, completion=COMPLETION,
         )  # fmt: skip
+        if not bodies:
+            record.prompt, record.completion = PROMPT, COMPLETION
         fields = msgspec.structs.asdict(record)
         fields["caller_key"] = "sk-caller-key-abcdefghij"
-        out.append(msgspec.json.encode(fields))
+        raw = msgspec.json.encode(fields)
+        out.append((raw, PROMPT.encode(), ANSWER) if bodies else (raw, None, None))
     return out
 
 
@@ -68,7 +84,7 @@ Content = Literal["full", "redacted", "none"]
 def run(
     store: str,
     spool: Path,
-    raws: list[bytes],
+    raws: list[Submitted],
     content: Content,
     batch_size: int,
     server: PostgresTarget | None = None,
@@ -82,8 +98,8 @@ def run(
     backend = server.backend_cpu_s() if server is not None else 0.0
     cpu = time.process_time()
     began = time.perf_counter()
-    for raw in raws:
-        writer.submit(raw)
+    for raw, prompt, answer in raws:
+        writer.submit(raw, prompt, answer)
     submitted = time.perf_counter()
     assert writer.flush(600), "flush timed out"
     done = time.perf_counter()
@@ -178,11 +194,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--content", choices=["full", "redacted", "none"], default="full")
     parser.add_argument("--batch-size", type=int, default=500, help="logging.batch_size")
+    parser.add_argument(
+        "--bodies",
+        action="store_true",
+        help="hand over the request and answer bodies for the writer to read the content from",
+    )
     args = parser.parse_args()
-    raws = records(args.records)
-    size = statistics.mean(len(r) for r in raws)
+    raws = records(args.records, args.bodies)
+    size = statistics.mean(sum(len(part or b"") for part in r) for r in raws)
     print(
         f"{args.records:,} records a run, content {args.content}, batch_size {args.batch_size},"
+        f" {'bodies beside the record' if args.bodies else 'content in the record'},"
         f" median of {args.runs} runs"
     )
     with tempfile.TemporaryDirectory() as tmp:
