@@ -14,6 +14,8 @@ FLOOR = "granian no-op"
 PROXY_FLOOR = "minimal proxy"
 # The same gateway with logging at its default, `full` (content kept), into SQLite.
 LOGGED = "llm-proxy, logging full"
+# A valid virtual key on every call (auth.mode: keys, the key declared in the YAML).
+AUTHED = "llm-proxy, auth on"
 
 # The goals; each is shown met or MISSED in the table.
 TARGETS = {

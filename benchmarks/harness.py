@@ -162,6 +162,8 @@ class Served:
     url: str
     proc: subprocess.Popen[Any]
     pids: list[int]
+    # Sent with every request (the "auth on" gateway's key).
+    headers: dict[str, str] | None = None
 
 
 @contextmanager

@@ -152,6 +152,7 @@ def load(
         seconds=seconds,
         method=method,
         timeout_s=timeout_s,
+        headers=target.headers,
     )
     used = cpu_seconds(target.pids) - before
     out = dict(r.__dict__)
@@ -183,7 +184,14 @@ def rounds(
 
 
 def warm(target: Served, seconds: int = 1) -> None:
-    wrk(target.url + CHAT, BODY, connections=8, seconds=seconds, timeout_s=10)
+    wrk(
+        target.url + CHAT,
+        BODY,
+        connections=8,
+        seconds=seconds,
+        timeout_s=10,
+        headers=target.headers,
+    )
 
 
 def mock_requests(upstream: str) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import capacity
 from .config import Config, ConfigError, load_config
+from .keys import cli as keys_cli
 from .logstore import cli as logstore_cli
 
 
@@ -37,6 +38,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.grpc_port is not None:
         os.environ["LLM_PROXY_GRPC_PORT"] = str(args.grpc_port)
     host = args.host or config.server.host
+    from .keys import check_exposure
+
+    try:
+        check_exposure(config, host)
+    except ConfigError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr)
+        return 2
     os.environ["LLM_PROXY_HOST"] = host
     port = config.server.port if args.port is None else args.port
     workers = args.workers or config.server.workers
@@ -103,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     logstore_cli.add_arguments(logs, stats)
     logs.set_defaults(func=logstore_cli.logs_command)
     stats.set_defaults(func=logstore_cli.stats_command)
+
+    keys_cli.add_commands(sub)
 
     cap = sub.add_parser("capacity", help="cores (workers) needed for a load, from a bench result")
     capacity.add_arguments(cap)

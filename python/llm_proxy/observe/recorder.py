@@ -94,7 +94,7 @@ class CallRecorder:
         """Note the call for recording once its response is on its way; never raises."""
         try:
             latency_s = time.perf_counter() - call.started
-            auth = call.headers.get("authorization")
+            auth = call.headers.get("authorization") or call.headers.get("x-api-key")
             pending = self._finished
             pending.append((call, outcome, time.time(), latency_s, auth))
             if len(pending) == 1:
