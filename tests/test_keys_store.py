@@ -18,6 +18,7 @@ from llm_proxy.keys.stage import Authenticate
 from llm_proxy.keys.store import Conflict, NotFound
 
 from tests.support.postgres import database_url, private_schema, with_search_path
+from tests.support.redis import key_prefix, redis_url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -124,7 +125,41 @@ def test_a_second_store_sees_a_change_through_the_version(store_url: str) -> Non
         with pytest.raises(GatewayError):
             stage(call(text))
     finally:
-        table.stop()
+        table.stop()  # also writes when the keys were last used
+        assert a.get_key(record.id).last_used_at is not None
+        a.close()
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from redis_url(tmp_path_factory.mktemp("redis"))
+
+
+def test_a_redis_message_wakes_the_other_tables_before_their_poll(
+    tmp_path: Path, shared_redis: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/keys.db"
+    channel = key_prefix() + "keys"  # a channel of our own: nothing to clean up afterwards
+    a, b = KeyStore(url), KeyStore(url)
+    a.migrate()
+    # B polls only every 30 s: a change seen sooner came through Redis.
+    here = KeyTable(a, [], {}, {}, redis_url=shared_redis, channel=channel)
+    there = KeyTable(b, [], {}, {}, poll_interval_s=30, redis_url=shared_redis, channel=channel)
+    for table in (here, there):
+        table.load()
+        table.start()
+    try:
+        time.sleep(0.5)  # the listener subscribes
+        record, _ = a.create_key({})
+        here.changed()
+        deadline = time.monotonic() + 1
+        while record.id not in there.entries:
+            assert time.monotonic() < deadline, "no reload within 1 s of the Redis message"
+            time.sleep(0.01)
+    finally:
+        for table in (here, there):
+            table.stop()
         a.close()
         b.close()
 
@@ -243,3 +278,18 @@ def test_bad_key_fields_are_named() -> None:
             key_fields(body)
         assert info.value.field == field
     assert key_fields({"expires_at": "2027-01-01T00:00:00Z"})["expires_at"] == 1798761600.0
+
+
+def test_a_bad_declared_key_names_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"64 hex digits .* at `\$\.auth\.keys\[0\]`"):
+        parse_config({"auth": {"keys": [{"id": "a", "secret_sha256": "nope"}]}})
+    with pytest.raises(ConfigError, match="unknown endpoint `images`"):
+        parse_config(
+            {
+                "auth": {
+                    "keys": [
+                        {"id": "a", "secret_sha256": "0" * 64, "allowed_endpoints": ["images"]}
+                    ]
+                }
+            }
+        )

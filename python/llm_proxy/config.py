@@ -187,6 +187,15 @@ class DeclaredKey(_Section):
     tags: list[str] = []
     metadata: dict[str, Any] = {}
 
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", self.secret_sha256):
+            raise ValueError("secret_sha256 must be 64 hex digits (llm-proxy keys hash KEY)")
+        if not self.id or "-" in self.id:
+            raise ValueError("id must be non-empty, without `-`")
+        for endpoint in self.allowed_endpoints:
+            if endpoint not in ("chat", "completions", "embeddings"):
+                raise ValueError(f"unknown endpoint `{endpoint}` in allowed_endpoints")
+
 
 class DeclaredGroup(_Section):
     allowed_models: list[str] = []

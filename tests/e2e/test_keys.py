@@ -21,6 +21,7 @@ from llm_proxy.grpc.gen import gateway_pb2 as pb
 from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
 
 from tests.support.postgres import database_url, private_schema, with_search_path
+from tests.support.redis import key_prefix, redis_url
 from tests.support.servers import (
     Gateway,
     MockUpstream,
@@ -495,6 +496,24 @@ def test_a_key_blocked_on_one_gateway_is_refused_by_another_on_one_sqlite_file(
     _two_gateways_revocation(mock_upstream, tmp_path, f"sqlite:///{tmp_path}/shared.db")
 
 
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from redis_url(tmp_path_factory.mktemp("redis"))
+
+
+def test_with_redis_a_blocked_key_is_refused_by_another_gateway_at_once(
+    mock_upstream: MockUpstream, tmp_path: Path, shared_redis: str
+) -> None:
+    _two_gateways_revocation(
+        mock_upstream,
+        tmp_path,
+        f"sqlite:///{tmp_path}/shared.db",
+        redis_url=shared_redis,
+        redis_channel=key_prefix() + "keys",
+        poll_interval_s=0.5,
+    )
+
+
 def test_a_key_blocked_on_one_gateway_is_refused_by_another_on_postgresql(
     mock_upstream: MockUpstream, tmp_path: Path
 ) -> None:
@@ -571,3 +590,56 @@ def test_secrets_are_never_written_anywhere(mock_upstream: MockUpstream, tmp_pat
     assert "my key is" in everything  # the prompt was logged, with the key masked
     assert secret not in everything
     assert planted not in everything
+
+
+def test_a_key_blocked_through_one_worker_is_refused_by_every_worker(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    config, admin_port = keys_config(mock_upstream, tmp_path, f"sqlite:///{tmp_path}/w.db")
+    config["server"]["workers"] = 2
+    gateway = start_gateway(config, tmp_path)
+    try:
+        admin = Admin(admin_port)
+        made = admin.key(alias="both-workers")
+        time.sleep(0.6)  # the other worker's poll
+        for _ in range(10):  # new connections: both workers answer (SO_REUSEPORT)
+            assert chat(gateway, made["key"], "mock-1")
+            assert admin("GET", f"/keys/{made['id']}").status_code == 200
+        admin.ok("PATCH", f"/keys/{made['id']}", {"blocked": True})
+        time.sleep(1.0)
+        for _ in range(10):
+            with pytest.raises(openai.AuthenticationError):
+                chat(gateway, made["key"], "mock-1")
+    finally:
+        gateway.stop()
+
+
+def test_the_admin_listener_answers_expect_continue_and_keep_alive(
+    gw_admin: tuple[Gateway, Admin, Path],
+) -> None:
+    import socket
+
+    port = int(str(gw_admin[1].http.base_url).split(":")[2].split("/")[0])
+    body = json.dumps({"alias": "curl-like", "metadata": {"pad": "x" * 2000}}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = (
+            f"POST /admin/v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "expect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 201 ")
+        # The same connection serves the next request.
+        sock.sendall(
+            f"GET /admin/v1/keys?alias=curl-like HTTP/1.1\r\nhost: x\r\n"
+            f"authorization: Bearer {ADMIN}\r\n\r\n".encode()
+        )
+        answer = b""
+        while not answer.rstrip().endswith(b"}"):
+            answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"curl-like" in answer

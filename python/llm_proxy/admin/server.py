@@ -107,6 +107,12 @@ class _Connection(asyncio.Protocol):
         assert self.request is not None
         self.request.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        request = self.request
+        expect = request.headers.get("expect", "") if request is not None else ""
+        if expect.lower() == "100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def on_body(self, body: bytes) -> None:
         self._body += body
         if len(self._body) > MAX_BODY:

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from .fields import InvalidField
 from .migrations import Execute, KeyStoreError, migrate
 from .model import KeyRecord, TeamRecord, new_key, now, sha256_hex
 
@@ -145,7 +146,8 @@ class KeyStore:
         if not used:
             return
         with self.db.transaction(write=True) as execute:
-            for key_id, ts in used.items():
+            # A copy: the stage may still be adding to this dict on the loop's thread.
+            for key_id, ts in list(used.items()):
                 execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (ts, key_id))
 
     # -- keys ------------------------------------------------------------------------------
@@ -243,8 +245,6 @@ class KeyStore:
             return self._get_key(execute, key_id), text
 
     def _check_groups(self, execute: Execute, fields: dict[str, Any]) -> None:
-        from .fields import InvalidField
-
         for field, table in (("team", "teams"), ("project", "projects")):
             name = fields.get(field)
             if name is not None:
