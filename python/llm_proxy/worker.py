@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -16,7 +17,7 @@ import msgspec
 from .config import Config, load_config
 from .http.door import HttpDoor
 from .keys import KeyService, check_exposure
-from .observe import build_recorder
+from .observe import build_recorder, worker_started
 from .pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class GatewayApp:
         self.__rsgi__ = self.http.__call__
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        worker_started()
         # Migrates the key schema (refusing a newer one) and loads the key table.
         self.keys.start()
         if self.keys.admin_key and self.config.server.admin_port:
@@ -47,6 +49,8 @@ class GatewayApp:
             self.admin = loop.run_until_complete(start_admin(self.keys, self.config))
         loop.run_until_complete(self.recorder.start())
         loop.run_until_complete(self.pipeline.start())
+        self.http.start(loop)
+        self._watch_for_shutdown(loop)
         port = self.config.server.grpc_port
         if port:
             # Imported and built here, inside the worker's loop: grpc.aio objects belong to
@@ -60,6 +64,21 @@ class GatewayApp:
         gc.collect()
         gc.freeze()
 
+    def _watch_for_shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        """At SIGTERM, plan to cut what still runs near the end of the grace period.
+
+        Granian's own handler (on the loop) still runs: a Python-level handler does not
+        replace the loop's, which is woken through the signal wakeup fd.
+        """
+        grace = self.config.server.shutdown_grace_s
+        # Time left after the cut: the cut calls answer and their records reach the store.
+        cut_after_s = max(0.5, grace - max(1.5, grace * 0.1))
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            loop.call_soon_threadsafe(self.http.watch.shutdown, cut_after_s)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.admin is not None:
             loop.run_until_complete(self.admin.close())
@@ -67,6 +86,7 @@ class GatewayApp:
             # Granian kills the worker at shutdown_grace_s; leave a margin to close the rest.
             grace = max(0.5, self.config.server.shutdown_grace_s - 1.0)
             loop.run_until_complete(self.grpc.stop(grace))
+        self.http.stop()
         loop.run_until_complete(self.pipeline.close())
         # Flushes every queued log record to the store (or the spool).
         loop.run_until_complete(self.recorder.close())

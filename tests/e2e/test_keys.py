@@ -113,19 +113,12 @@ def test_a_good_key_is_served_and_the_log_names_its_id_and_team(gw: Gateway, adm
     made = admin.key(alias="svc-a", team="support", allowed_models=["gpt-4o*"])
     assert made["key"].startswith(f"sk-lp-{made['id']}-")
     assert chat(gw, made["key"])
-    gateway_log = subprocess.run(
-        [sys.executable, "-m", "llm_proxy.cli", "logs", "--config", str(gw.config_path), "--json",
-         "--key", made["id"]],
-        capture_output=True, text=True, cwd=gw.config_path.parent, check=True,
-    ).stdout  # fmt: skip
-    deadline = time.monotonic() + 5
-    while not gateway_log.strip() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # the writer's batch; the CLI's start is slow under load
+    while True:
+        gateway_log = cli(gw.config_path, "logs", "--json", "--key", made["id"]).stdout
+        if gateway_log.strip() or time.monotonic() > deadline:
+            break
         time.sleep(0.1)
-        gateway_log = subprocess.run(
-            [sys.executable, "-m", "llm_proxy.cli", "logs", "--config", str(gw.config_path),
-             "--json", "--key", made["id"]],
-            capture_output=True, text=True, cwd=gw.config_path.parent, check=True,
-        ).stdout  # fmt: skip
     record = json.loads(gateway_log.splitlines()[0])
     assert record["key_id"] == made["id"]
     assert record["team"] == "support"
@@ -329,19 +322,33 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def refused_within(gw: Gateway, key: str, seconds: float) -> float:
-    """Seconds until the gateway refuses `key` (fails the test after `seconds`)."""
+def _status_until(gw: Gateway, key: str, want: int, seconds: float) -> float:
+    """Seconds until a call with `key` gets `want` (fails the test after `seconds`). One
+    kept-alive connection, so the figure is the gateway's, not the client's set-up."""
     start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        resp = httpx.post(
-            gw.base_url + "/chat/completions",
-            json={"model": "mock-1", "messages": CHAT},
-            headers={"authorization": f"Bearer {key}"},
-        )
-        if resp.status_code == 401:
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"the key still works after {seconds} s")
+    with httpx.Client(base_url=gw.base_url, timeout=5) as http:
+        while True:
+            resp = http.post(
+                "/chat/completions",
+                json={"model": "mock-1", "messages": CHAT},
+                headers={"authorization": f"Bearer {key}"},
+            )
+            took = time.monotonic() - start
+            if resp.status_code == want:
+                return took
+            if took > seconds:
+                raise AssertionError(f"still {resp.status_code} after {seconds} s, not {want}")
+            time.sleep(0.01)
+
+
+def refused_within(gw: Gateway, key: str, seconds: float) -> float:
+    """Seconds until the gateway refuses `key`."""
+    return _status_until(gw, key, 401, seconds)
+
+
+def accepted_within(gw: Gateway, key: str, seconds: float) -> float:
+    """Seconds until the gateway serves `key`."""
+    return _status_until(gw, key, 200, seconds)
 
 
 def test_the_cli_manages_keys_in_the_database_without_the_gateway(gw: Gateway) -> None:
@@ -351,20 +358,15 @@ def test_the_cli_manages_keys_in_the_database_without_the_gateway(gw: Gateway) -
     assert out.returncode == 0, out.stderr
     created = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
     key = created["key"]
-    deadline = time.monotonic() + 2
-    while True:  # a running gateway picks the new key up through its version poll
-        try:
-            assert chat(gw, key, "mock-1")
-            break
-        except openai.AuthenticationError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    # A running gateway picks the new key up through its version poll.
+    assert accepted_within(gw, key, 1.0) <= 1.0
+    assert chat(gw, key, "mock-1")
     listing = cli(gw.config_path, "keys", "list", "--team", "cli-team")
     assert created["id"] in listing.stdout and "from-cli" in listing.stdout
     shown = json.loads(cli(gw.config_path, "keys", "show", created["id"]).stdout)
     assert shown["team"] == "cli-team" and "key" not in shown
     assert cli(gw.config_path, "keys", "block", created["id"]).returncode == 0
-    assert refused_within(gw, key, 1.0) < 1.0
+    assert refused_within(gw, key, 1.0) <= 1.0
     assert cli(gw.config_path, "keys", "delete", created["id"]).returncode == 0
     missing = cli(gw.config_path, "keys", "show", created["id"])
     assert missing.returncode == 1 and "no key" in missing.stderr
@@ -377,7 +379,7 @@ def test_stats_by_key_and_team(gw: Gateway, admin: Admin) -> None:
     made = admin.key(team="support")
     for _ in range(3):
         chat(gw, made["key"], "mock-1")
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # the CLI's start is slow on a loaded machine
     while True:
         out = cli(gw.config_path, "stats", "--by", "key", "--json")
         rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
@@ -447,14 +449,7 @@ def _two_gateways_revocation(upstream: MockUpstream, tmp: Path, store: str, **au
         try:
             admin = Admin(port_a)
             made = admin.key(alias="shared")
-            deadline = time.monotonic() + 1.0
-            while True:  # made on A, served by B within a second
-                try:
-                    assert chat(b, made["key"], "mock-1")
-                    break
-                except openai.AuthenticationError:
-                    assert time.monotonic() < deadline, "B did not see the new key within 1 s"
-                    time.sleep(0.02)
+            assert accepted_within(b, made["key"], 1.0) <= 1.0  # made on A, served by B
             # A call in flight on B when the key is blocked finishes; the next is refused.
             result: dict[str, Any] = {}
 
@@ -471,19 +466,12 @@ def _two_gateways_revocation(upstream: MockUpstream, tmp: Path, store: str, **au
             took = refused_within(b, made["key"], 1.0)
             thread.join(10)
             assert "text" in result, result
-            assert took < 1.0
+            assert took <= 1.0
             # Unblocked and deleted the same way.
             admin.ok("PATCH", f"/keys/{made['id']}", {"blocked": False})
-            deadline = time.monotonic() + 1.0
-            while True:
-                try:
-                    assert chat(b, made["key"], "mock-1")
-                    break
-                except openai.AuthenticationError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.02)
+            assert accepted_within(b, made["key"], 1.0) <= 1.0
             admin.ok("DELETE", f"/keys/{made['id']}")
-            assert refused_within(b, made["key"], 1.0) < 1.0
+            assert refused_within(b, made["key"], 1.0) <= 1.0
         finally:
             b.stop()
     finally:

@@ -20,6 +20,7 @@ __all__ = [
     "KeyTable",
     "admin_key",
     "check_exposure",
+    "prepare_store",
     "store_url",
 ]
 
@@ -50,6 +51,23 @@ def check_exposure(config: Config, host: str) -> None:
             f"auth.mode is `none` but the gateway would listen on {host}, reachable by anyone: "
             "set auth.mode: keys, or auth.allow_anonymous_non_loopback: true - at `$.auth.mode`"
         )
+
+
+def needs_store(config: Config) -> bool:
+    """Keys are checked, or the admin API is on: the key store is used."""
+    return config.auth.mode == "keys" or bool(admin_key(config) and config.server.admin_port)
+
+
+def prepare_store(config: Config) -> None:
+    """Create or upgrade the key schema before the workers start; KeyStoreError when the
+    database cannot be used (unreachable, or a schema newer than this gateway knows)."""
+    if not needs_store(config):
+        return
+    store = KeyStore(store_url(config))
+    try:
+        store.migrate()
+    finally:
+        store.close()
 
 
 def _declared(
@@ -91,8 +109,7 @@ class KeyService:
         auth = config.auth
         self.config = config
         self.admin_key = admin_key(config)
-        admin_on = bool(self.admin_key and config.server.admin_port)
-        self.store = KeyStore(store_url(config)) if auth.mode == "keys" or admin_on else None
+        self.store = KeyStore(store_url(config)) if needs_store(config) else None
         keys, teams, projects = _declared(config)
         if self.store is not None:
             self.store.declared = {"teams": frozenset(teams), "projects": frozenset(projects)}

@@ -125,7 +125,13 @@ class MockState:
             if refused:
                 return refused
         if ctl.status >= 300:
-            return anthropic_wire.error(ctl.status) if anthropic else openai_wire.error(ctl.status)
+            if anthropic:
+                return anthropic_wire.error(ctl.status)
+            if req.headers.get("x-mock-echo-key"):
+                # As OpenAI does for a wrong key: the error quotes the key it was sent.
+                sent = req.headers.get("authorization", "").split()[-1:] or [""]
+                return openai_wire.error(ctl.status, f"Incorrect API key provided: {sent[0]}.")
+            return openai_wire.error(ctl.status)
         if req.method == "GET":
             if path == "/v1/models":
                 return openai_wire.models()
