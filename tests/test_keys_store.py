@@ -237,8 +237,10 @@ def test_the_allow_list_is_the_intersection_of_the_key_and_its_team() -> None:
 def test_an_endpoint_outside_the_list_is_403() -> None:
     stage = Authenticate(_table(_key("k", "s", allowed_endpoints=["embeddings"])))
     stage(call("sk-lp-k-s", endpoint="embeddings"))
-    error = refusal(stage, call("sk-lp-k-s"))
+    refused = call("sk-lp-k-s")
+    error = refusal(stage, refused)
     assert error.status == 403 and error.code == "endpoint_not_allowed"
+    assert refused.key_id == "k"  # the log names the key of a refused call too
 
 
 def test_a_rotated_secret_works_until_its_grace_ends() -> None:

@@ -352,7 +352,12 @@ def accepted_within(gw: Gateway, key: str, seconds: float) -> float:
 
 
 def test_the_cli_manages_keys_in_the_database_without_the_gateway(gw: Gateway) -> None:
-    made = cli(gw.config_path, "teams", "create", "cli-team", "--models", "mock-*")
+    # --config after the subcommand works as well as before it.
+    made = subprocess.run(
+        [sys.executable, "-m", "llm_proxy.cli", "teams", "create", "cli-team", "--models",
+         "mock-*", "--config", str(gw.config_path)],
+        capture_output=True, text=True, cwd=gw.config_path.parent, timeout=30,
+    )  # fmt: skip
     assert made.returncode == 0, made.stderr
     out = cli(gw.config_path, "keys", "create", "--alias", "from-cli", "--team", "cli-team")
     assert out.returncode == 0, out.stderr

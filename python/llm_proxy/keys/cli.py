@@ -37,6 +37,12 @@ def _group_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata", help="a JSON object")
 
 
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    # Also after the subcommand (`keys create --config gw.yaml`); SUPPRESS keeps a value
+    # given before it (`keys --config gw.yaml create`).
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML config file")
+
+
 def add_commands(sub: Any) -> None:
     """Add `keys`, `teams` and `projects` to the top-level subcommands."""
     keys = sub.add_parser("keys", help="virtual keys in the config's database", epilog=_EPILOG)
@@ -59,6 +65,8 @@ def add_commands(sub: Any) -> None:
     rotate.add_argument("--grace", type=float, default=0.0)
     hashing = ks.add_parser("hash", help="the id and secret_sha256 of a key, for auth.keys")
     hashing.add_argument("key")
+    for command in ks.choices.values():
+        _config_option(command)
     keys.set_defaults(func=keys_command)
 
     for kind in ("teams", "projects"):
@@ -74,6 +82,8 @@ def add_commands(sub: Any) -> None:
         changed = gs.add_parser("update")
         changed.add_argument("name")
         _group_options(changed)
+        for command in gs.choices.values():
+            _config_option(command)
         group.set_defaults(func=groups_command, kind=kind)
 
 

@@ -79,6 +79,9 @@ class Authenticate:
 
     def __call__(self, call: Call) -> None:
         entry = self.identify(call.headers)
+        # Set before the checks below, so a refused call is logged against its key too.
+        call.key_id = entry.id
+        call.team = entry.team
         if entry.endpoints is not None and call.endpoint not in entry.endpoints:
             raise GatewayError(
                 403,
@@ -92,8 +95,6 @@ class Authenticate:
                 param="model",
                 code="model_not_allowed",
             )
-        call.key_id = entry.id
-        call.team = entry.team
 
 
 def key_info(entry: KeyEntry, models: list[str]) -> dict[str, Any]:
