@@ -191,6 +191,9 @@ def test_the_stage_sets_the_key_id_and_team() -> None:
     xc = Call("r", "http", "chat", b"{}", "m", headers={"x-api-key": "sk-lp-abc-s3cret-with-dash"})
     stage(xc)
     assert xc.key_id == "abc"
+    azure = Call("r", "http", "chat", b"{}", "m", headers={"api-key": "sk-lp-abc-s3cret-with-dash"})
+    stage(azure)
+    assert azure.key_id == "abc"
     lower = call(None)
     lower.headers = {"authorization": "bearer sk-lp-abc-s3cret-with-dash"}
     stage(lower)

@@ -28,7 +28,7 @@ def _unauthorized(message: str) -> GatewayError:
 
 _MISSING = (
     "You didn't provide an API key. Send it as `Authorization: Bearer sk-lp-...` "
-    "(or `x-api-key`, or gRPC `authorization` metadata)."
+    "(or `x-api-key` / `api-key`, or gRPC `authorization` metadata)."
 )
 
 
@@ -39,7 +39,8 @@ def _bearer(headers: Headers) -> str | None:
         if text[:7].lower() == "bearer ":
             return text[7:].strip()
         return text.strip()
-    value = headers.get("x-api-key")
+    # Anthropic-style clients send `x-api-key`, Azure OpenAI clients `api-key`.
+    value = headers.get("x-api-key") or headers.get("api-key")
     return str(value).strip() if value else None
 
 
