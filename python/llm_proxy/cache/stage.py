@@ -155,8 +155,12 @@ class ResponseCache:
         if self.scope == "global":
             return base
         if self.scope == "team":
+            if call.key_id is not None:  # an authenticated caller's team is its key's
+                return base + "|team:" + (call.team or "")
             team = call.team or call.headers.get("x-llm-proxy-team") or ""
             return base + "|team:" + str(team)
+        if call.key_id is not None:  # the authenticated key: stable across its rotations
+            return base + "|key:" + call.key_id
         secret = call.headers.get("authorization") or ""
         digest = hashlib.blake2b(str(secret).encode(), digest_size=16).hexdigest()
         return base + "|key:" + digest

@@ -18,6 +18,7 @@ from granian.rsgi import Scope
 from ..calls import SHUTDOWN_MESSAGE, Call, Endpoint, Outcome, decode_call, new_request_id, shown
 from ..config import Config
 from ..errors import GatewayError
+from ..keys.stage import Authenticate, key_info
 from ..pipeline import Pipeline, PipelineStream
 from .watch import RequestWatch
 
@@ -77,9 +78,15 @@ class HttpDoor:
     """The RSGI callable of one worker: translates each request and hands it to the pipeline."""
 
     def __init__(
-        self, config: Config, pipeline: Pipeline, metrics: Callable[[], tuple[str, bytes]]
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        metrics: Callable[[], tuple[str, bytes]],
+        auth: Authenticate | None = None,
     ) -> None:
         self.config = config
+        # With keys on, the model list and key info are the caller's own.
+        self.auth = auth
         self.pipeline = pipeline
         self.metrics = metrics
         self.max_body = config.server.max_body_bytes
@@ -151,7 +158,15 @@ class HttpDoor:
                 raise GatewayError(503, "not ready: upstream pools are not created yet")
             body = b'{"status":"ready"}'
         elif path == "/v1/models" or path == "/models":
-            body = self._models_body
+            if self.auth is None:
+                body = self._models_body
+            else:
+                body = self._render_models(self.auth.identify(scope.headers).allows)
+        elif path == "/v1/key/info" or path == "/key/info":
+            if self.auth is None:
+                raise GatewayError(404, "key info needs auth.mode: keys", code="unknown_url")
+            entry = self.auth.identify(scope.headers)
+            body = _encoder.encode(key_info(entry, list(self.config.models)))
         elif path == "/metrics":
             content_type, body = self.metrics()
             proto.response_bytes(200, [("content-type", content_type)], body)
@@ -159,7 +174,9 @@ class HttpDoor:
         elif path.startswith("/v1/models/"):
             name = path[len("/v1/models/") :]
             model = self.config.models.get(name)
-            if model is None:
+            if model is None or (
+                self.auth is not None and not self.auth.identify(scope.headers).allows(name)
+            ):
                 raise GatewayError(
                     404,
                     f"The model `{shown(name)}` does not exist.",
@@ -179,8 +196,12 @@ class HttpDoor:
     def _model_entry(self, name: str, provider: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": provider}
 
-    def _render_models(self) -> bytes:
-        data = [self._model_entry(n, m.provider) for n, m in self.config.models.items()]
+    def _render_models(self, allows: Callable[[str], bool] | None = None) -> bytes:
+        data = [
+            self._model_entry(n, m.provider)
+            for n, m in self.config.models.items()
+            if allows is None or allows(n)
+        ]
         return _encoder.encode({"object": "list", "data": data})
 
     # -- inference -------------------------------------------------------------------------
