@@ -16,6 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -204,6 +207,104 @@ async def _client(plan: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+# -- h2load: a load generator in C, so the client is not the limit ----------------------------
+
+
+def h2load(
+    target: str, path: str, message: bytes, *, streams: int, connections: int, seconds: float
+) -> dict[str, float]:
+    """`streams` concurrent calls of one unary method over `connections` HTTP/2 connections.
+
+    Every call must end with grpc-status 0: h2load counts the HTTP status only, so a run whose
+    calls/s look right but fail is caught by sampling one call with grpcio before.
+    """
+    if not shutil.which("h2load"):
+        raise SystemExit("h2load is needed for the gRPC load runs: apt-get install nghttp2-client")
+    with tempfile.NamedTemporaryFile(suffix=".bin") as body:
+        body.write(b"\0" + struct.pack(">I", len(message)) + message)
+        body.flush()
+        out = subprocess.run(
+            [
+                *pin(OTHER_CPUS),
+                "h2load",
+                "-t",
+                "1",
+                "-c",
+                str(connections),
+                "-m",
+                str(max(1, streams // connections)),
+                "-D",
+                str(max(1, round(seconds))),
+                "--warm-up-time",
+                "1",
+                "-d",
+                body.name,
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                f"http://{target}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    assert done is not None, out
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    return {
+        "rps": rps,
+        "errors": int(done.group(1)) - int(done.group(2)),
+        "mean_ms": _h2_ms(mean.group(1)) if mean else 0.0,
+    }
+
+
+def _h2_ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    assert m is not None, text
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def _check_one_call(target: str) -> None:
+    import grpc
+    from llm_proxy.grpc.gen import gateway_pb2 as pb
+    from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
+
+    unary, _ = _requests(pb)
+    with grpc.insecure_channel(target) as channel:
+        reply = pb_grpc.GatewayStub(channel).ChatCompletion(unary, timeout=10)
+    assert reply.choices, reply
+
+
+def floor(seconds: float, runs: int) -> dict[str, Any]:
+    """The two doors' floors in one run: Granian's no-op HTTP app (wrk, 64 connections) and
+    the Rust core's gRPC server answering through the loop hand-off (h2load, 64 streams)."""
+    import run as bench_run
+    from common import wrk
+    from llm_proxy.grpc.gen import gateway_pb2 as pb
+
+    unary, _ = _requests(pb)
+    message = unary.SerializeToString()
+    path = "/llm_proxy.v1.Gateway/ChatCompletion"
+    results: dict[str, Any] = {"http": [], "grpc_4x16": [], "grpc_64x1": []}
+    for _ in range(runs):
+        with bench_run.granian_floor() as noop:
+            r = wrk(noop.url + "/", b"{}", connections=64, seconds=seconds)
+            results["http"].append(
+                {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms, "errors": r.errors}
+            )
+        port = free_port()
+        with ceiling(port, rust=True):
+            target = f"127.0.0.1:{port}"
+            _check_one_call(target)
+            for key, conns in (("grpc_4x16", 4), ("grpc_64x1", 64)):
+                results[key].append(
+                    h2load(target, path, message, streams=64, connections=conns, seconds=seconds)
+                )
+    return results
+
+
 # -- the driver ------------------------------------------------------------------------------
 
 
@@ -215,7 +316,7 @@ def gateway(config: dict[str, Any], grpc_port: int) -> Iterator[list[int]]:
 
 
 @contextmanager
-def ceiling(grpc_port: int) -> Iterator[list[int]]:
+def ceiling(grpc_port: int, rust: bool = False) -> Iterator[list[int]]:
     """`grpc_ceiling.py` (fixed reply, with initial metadata) pinned to the gateway core."""
     cmd = [
         *pin([GATEWAY_CPU]),
@@ -224,6 +325,7 @@ def ceiling(grpc_port: int) -> Iterator[list[int]]:
         "--port",
         str(grpc_port),
         "--metadata",
+        *(["--rust"] if rust else []),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -322,8 +424,24 @@ def main() -> int:
     parser.add_argument(
         "--ceiling", action="store_true", help="also measure grpc_ceiling.py in the same run"
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="only the floors: Granian no-op (wrk) vs the Rust gRPC server's no-op (h2load)",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="with --floor: runs, alternated")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor:
+        results = floor(args.seconds, args.runs)
+        print(json.dumps(results, indent=2))
+        med = {k: sorted(x["rps"] for x in v)[len(v) // 2] for k, v in results.items()}
+        print(
+            f"median of {args.runs}: HTTP no-op {med['http']:,.0f} req/s; gRPC no-op "
+            f"{med['grpc_4x16']:,.0f} calls/s (4 conns x 16 streams), "
+            f"{med['grpc_64x1']:,.0f} (64 conns); ratio {med['grpc_4x16'] / med['http']:.2f}"
+        )
+        return 0
     if args.client:
         print(json.dumps(asyncio.run(_client(json.loads(args.client)))))
         return 0

@@ -2,6 +2,7 @@
 //! modules below, which `cargo test` exercises without an interpreter.
 
 pub mod cache_key;
+pub mod grpc;
 pub mod sse;
 pub mod tokens;
 
@@ -239,6 +240,8 @@ mod bindings {
         m.add_function(wrap_pyfunction!(count_chat_tokens, m)?)?;
         m.add_class::<SseRelay>()?;
         m.add_class::<StreamSummary>()?;
+        m.add_class::<crate::grpc::py::GrpcServer>()?;
+        m.add_class::<crate::grpc::py::GrpcCall>()?;
         Ok(())
     }
 }
