@@ -305,7 +305,198 @@ impl Drop for RunningServer {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use bytes::{BufMut, Bytes, BytesMut};
+    use http_body_util::{BodyExt, Full};
+    use tokio::net::TcpStream;
+
     use super::*;
+    use crate::grpc::call::{IncomingCall, Method};
+
+    /// Keeps every call and cancellation; answers per `mode`.
+    #[derive(Default)]
+    struct Probe {
+        calls: Mutex<Vec<IncomingCall>>,
+        cancelled: Mutex<Vec<u64>>,
+        answer: bool,
+    }
+
+    #[derive(Clone)]
+    struct Shared(Arc<Probe>);
+
+    impl Dispatch for Shared {
+        fn call(&self, mut call: IncomingCall) {
+            if self.0.answer {
+                if call.reply.is_stream() {
+                    call.reply
+                        .start(&[("x-request-id".into(), "r1".into())])
+                        .unwrap();
+                    call.reply.send(Bytes::from_static(b"one")).unwrap();
+                    call.reply.send(call.message.clone()).unwrap();
+                    let trailers = [("retry-after".to_owned(), "2".to_owned())];
+                    call.reply.fail(8, "slow down", &trailers).unwrap();
+                } else {
+                    let echo = call.message.clone();
+                    let meta: Vec<_> = call
+                        .metadata
+                        .iter()
+                        .filter(|(k, _)| k == "x-request-id")
+                        .cloned()
+                        .collect();
+                    call.reply.answer(echo, &meta).unwrap();
+                }
+            }
+            self.0.calls.lock().unwrap().push(call);
+        }
+
+        fn cancel(&self, id: u64) {
+            self.0.cancelled.lock().unwrap().push(id);
+        }
+    }
+
+    fn serve(answer: bool, max_message: usize) -> (RunningServer, Arc<Probe>) {
+        let probe = Arc::new(Probe {
+            answer,
+            ..Probe::default()
+        });
+        let gateway = Gateway::new(Shared(probe.clone()), max_message);
+        let server = start(bind("127.0.0.1", 0).unwrap(), gateway, &[]).unwrap();
+        (server, probe)
+    }
+
+    fn framed(message: &[u8]) -> Bytes {
+        let mut buf = BytesMut::new();
+        buf.put_u8(0);
+        buf.put_u32(message.len() as u32);
+        buf.put_slice(message);
+        buf.freeze()
+    }
+
+    /// One call over a fresh HTTP/2 connection: (headers, messages' bytes, trailers).
+    fn call(
+        port: u16,
+        method: &str,
+        message: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (http::HeaderMap, Bytes, http::HeaderMap) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut request =
+                http::Request::post(format!("http://127.0.0.1:{port}/{SERVICE}/{method}"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers");
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            let response = send
+                .send_request(request.body(Full::new(framed(message))).unwrap())
+                .await
+                .unwrap();
+            let (parts, body) = response.into_parts();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (parts.headers, collected.to_bytes(), trailers)
+        })
+    }
+
+    fn grpc_status(headers: &http::HeaderMap, trailers: &http::HeaderMap) -> String {
+        let value = headers
+            .get("grpc-status")
+            .or_else(|| trailers.get("grpc-status"))
+            .expect("a grpc-status");
+        value.to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_unary_call_is_handed_over_and_answered_with_metadata() {
+        let (server, probe) = serve(true, 1024);
+        let (headers, body, trailers) =
+            call(server.port(), "Embed", b"hello", &[("x-request-id", "abc")]);
+        assert_eq!(grpc_status(&headers, &trailers), "0");
+        assert_eq!(headers.get("x-request-id").unwrap(), "abc");
+        assert_eq!(body, framed(b"hello"));
+        let calls = probe.calls.lock().unwrap();
+        assert_eq!(calls[0].method, Method::Embed);
+        assert!(
+            probe.cancelled.lock().unwrap().is_empty(),
+            "an answered call is not cancelled"
+        );
+    }
+
+    #[test]
+    fn a_stream_sends_its_messages_then_the_status_and_trailers() {
+        let (server, _probe) = serve(true, 1024);
+        let (headers, body, trailers) = call(server.port(), "StreamChatCompletion", b"two", &[]);
+        assert_eq!(headers.get("x-request-id").unwrap(), "r1");
+        let mut expected = BytesMut::from(&framed(b"one")[..]);
+        expected.extend_from_slice(&framed(b"two"));
+        assert_eq!(body, expected.freeze());
+        assert_eq!(grpc_status(&headers, &trailers), "8");
+        assert_eq!(trailers.get("grpc-message").unwrap(), "slow%20down");
+        assert_eq!(trailers.get("retry-after").unwrap(), "2");
+    }
+
+    #[test]
+    fn a_deadline_is_deadline_exceeded_and_cancels_the_call() {
+        let (server, probe) = serve(false, 1024);
+        for method in ["ChatCompletion", "StreamChatCompletion"] {
+            let started = std::time::Instant::now();
+            let (headers, _, trailers) =
+                call(server.port(), method, b"x", &[("grpc-timeout", "100m")]);
+            assert_eq!(grpc_status(&headers, &trailers), "4", "{method}");
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
+        let calls: Vec<u64> = probe.calls.lock().unwrap().iter().map(|c| c.id).collect();
+        assert_eq!(*probe.cancelled.lock().unwrap(), calls);
+        let timeout = probe.calls.lock().unwrap()[0].timeout.unwrap();
+        assert!(timeout <= Duration::from_millis(100) && timeout > Duration::from_millis(50));
+    }
+
+    #[test]
+    fn an_oversized_message_is_resource_exhausted_and_never_handed_over() {
+        let (server, probe) = serve(true, 16);
+        let (headers, _, trailers) = call(server.port(), "ChatCompletion", &[b'x'; 17], &[]);
+        assert_eq!(grpc_status(&headers, &trailers), "8");
+        assert!(headers
+            .get("grpc-message")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("limit%20of%2016%20bytes"));
+        assert!(probe.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unknown_method_or_service_is_unimplemented() {
+        let (server, probe) = serve(true, 1024);
+        let (headers, _, trailers) = call(server.port(), "Nope", b"", &[]);
+        assert_eq!(grpc_status(&headers, &trailers), "12");
+        assert!(probe.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn drain_stops_the_server_once_calls_end() {
+        let (mut server, _probe) = serve(true, 1024);
+        server.drain();
+        for _ in 0..200 {
+            if server.is_stopped() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(server.is_stopped());
+        server.join();
+    }
 
     #[test]
     fn service_names_come_from_the_path() {
