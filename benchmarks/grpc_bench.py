@@ -305,6 +305,41 @@ def floor(seconds: float, runs: int) -> dict[str, Any]:
     return results
 
 
+def doors(seconds: float, runs: int) -> dict[str, Any]:
+    """Both doors of one gateway process in front of the mock, the same chat request: HTTP
+    (wrk, 64 connections) and gRPC (h2load, 64 streams), alternated `runs` times."""
+    from common import wrk
+    from llm_proxy.grpc.gen import gateway_pb2 as pb
+    from overhead import BODY
+
+    unary, _ = _requests(pb)
+    message = unary.SerializeToString()
+    path = "/llm_proxy.v1.Gateway/ChatCompletion"
+    results: dict[str, Any] = {"http": [], "grpc_4x16": [], "grpc_64x1": []}
+    grpc_port = free_port()
+    with (
+        mock_upstream() as upstream,
+        tempfile.TemporaryDirectory() as tmp,
+        serve_gateway(bench_config(upstream), Path(tmp), grpc_port) as gw,
+    ):
+        target = f"127.0.0.1:{grpc_port}"
+        _check_one_call(target)
+        url = f"{gw.url}/v1/chat/completions"
+        headers = {"authorization": "Bearer sk-b"}
+        wrk(url, BODY, connections=8, seconds=1, headers=headers)  # warm both doors
+        h2load(target, path, message, streams=8, connections=1, seconds=1)
+        for _ in range(runs):
+            r = wrk(url, BODY, connections=64, seconds=seconds, headers=headers)
+            results["http"].append(
+                {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms, "errors": r.errors}
+            )
+            for key, conns in (("grpc_4x16", 4), ("grpc_64x1", 64)):
+                results[key].append(
+                    h2load(target, path, message, streams=64, connections=conns, seconds=seconds)
+                )
+    return results
+
+
 # -- the driver ------------------------------------------------------------------------------
 
 
@@ -429,15 +464,21 @@ def main() -> int:
         action="store_true",
         help="only the floors: Granian no-op (wrk) vs the Rust gRPC server's no-op (h2load)",
     )
-    parser.add_argument("--runs", type=int, default=3, help="with --floor: runs, alternated")
+    parser.add_argument(
+        "--doors",
+        action="store_true",
+        help="only throughput: the gateway's HTTP door (wrk) vs its gRPC door (h2load), 64",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="with --floor/--doors: runs")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.floor:
-        results = floor(args.seconds, args.runs)
+    if args.floor or args.doors:
+        results = floor(args.seconds, args.runs) if args.floor else doors(args.seconds, args.runs)
         print(json.dumps(results, indent=2))
         med = {k: sorted(x["rps"] for x in v)[len(v) // 2] for k, v in results.items()}
+        what = "no-op" if args.floor else "door of the gateway"
         print(
-            f"median of {args.runs}: HTTP no-op {med['http']:,.0f} req/s; gRPC no-op "
+            f"median of {args.runs}: HTTP {what} {med['http']:,.0f} req/s; gRPC {what} "
             f"{med['grpc_4x16']:,.0f} calls/s (4 conns x 16 streams), "
             f"{med['grpc_64x1']:,.0f} (64 conns); ratio {med['grpc_4x16'] / med['http']:.2f}"
         )
