@@ -329,14 +329,27 @@ def doors(seconds: float, runs: int) -> dict[str, Any]:
         wrk(url, BODY, connections=8, seconds=1, headers=headers)  # warm both doors
         h2load(target, path, message, streams=8, connections=1, seconds=1)
         for _ in range(runs):
+            before = cpu_seconds(gw.pids)
             r = wrk(url, BODY, connections=64, seconds=seconds, headers=headers)
+            cpu = cpu_seconds(gw.pids) - before
             results["http"].append(
-                {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms, "errors": r.errors}
+                {
+                    "rps": r.rps,
+                    "p50": r.p50_ms,
+                    "p99": r.p99_ms,
+                    "errors": r.errors,
+                    "busy": cpu / round(seconds),
+                    "cpu_us_per_call": cpu / max(1, r.requests) * 1e6,
+                }
             )
             for key, conns in (("grpc_4x16", 4), ("grpc_64x1", 64)):
-                results[key].append(
-                    h2load(target, path, message, streams=64, connections=conns, seconds=seconds)
-                )
+                before = cpu_seconds(gw.pids)
+                x = h2load(target, path, message, streams=64, connections=conns, seconds=seconds)
+                cpu = cpu_seconds(gw.pids) - before
+                span = round(seconds) + 1  # h2load's warm-up second is loaded too
+                x["busy"] = cpu / span
+                x["cpu_us_per_call"] = cpu / max(1.0, x["rps"] * span) * 1e6
+                results[key].append(x)
     return results
 
 
@@ -476,6 +489,15 @@ def main() -> int:
         results = floor(args.seconds, args.runs) if args.floor else doors(args.seconds, args.runs)
         print(json.dumps(results, indent=2))
         med = {k: sorted(x["rps"] for x in v)[len(v) // 2] for k, v in results.items()}
+        if args.doors:
+            us = {
+                k: sorted(x["cpu_us_per_call"] for x in v)[len(v) // 2] for k, v in results.items()
+            }
+            print(
+                f"gateway CPU per call (median): HTTP {us['http']:.1f} us, gRPC "
+                f"{us['grpc_4x16']:.1f} us (4x16), {us['grpc_64x1']:.1f} us (64x1); "
+                f"one-core calls/s ratio from CPU: {us['http'] / us['grpc_4x16']:.2f}"
+            )
         what = "no-op" if args.floor else "door of the gateway"
         print(
             f"median of {args.runs}: HTTP {what} {med['http']:,.0f} req/s; gRPC {what} "

@@ -152,8 +152,9 @@ class GrpcCall:
     def message(self) -> bytes:
         """The request message, protobuf-encoded."""
     @property
-    def metadata(self) -> list[tuple[str, str]]:
-        """The request's ASCII metadata (binary `-bin` entries are left out)."""
+    def metadata(self) -> dict[str, str]:
+        """The request's ASCII metadata (binary `-bin` entries are left out; a repeated key
+        keeps its last value)."""
     @property
     def timeout(self) -> float | None:
         """Seconds left before the client's deadline when the call arrived."""
@@ -197,3 +198,12 @@ class GrpcServer:
         """Stop taking connections and calls (GOAWAY); calls in flight go on."""
     def close(self) -> None:
         """End every connection now and wait for the server's thread."""
+
+def grpc_chat_body(message: bytes, stream: bool) -> bytes | None:
+    """The OpenAI JSON body for a serialized (Stream)ChatCompletionRequest of the common shape
+    (text messages, sampling fields; no tools, response_format or extra_json), or None: the
+    Python translation (llm_proxy.grpc.bodies) then applies and names any error."""
+
+def grpc_chat_response(body: bytes, request_id: str, cache_status: str) -> bytes | None:
+    """A serialized ChatCompletionResponse for the upstream's JSON chat answer, or None when
+    its shape is unexpected (llm_proxy.grpc.replies then applies and names the problem)."""

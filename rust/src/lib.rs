@@ -242,6 +242,8 @@ mod bindings {
         m.add_class::<StreamSummary>()?;
         m.add_class::<crate::grpc::py::GrpcServer>()?;
         m.add_class::<crate::grpc::py::GrpcCall>()?;
+        m.add_function(wrap_pyfunction!(crate::grpc::py::grpc_chat_body, m)?)?;
+        m.add_function(wrap_pyfunction!(crate::grpc::py::grpc_chat_response, m)?)?;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from .._core import GrpcCall
+from .._core import GrpcCall, grpc_chat_body, grpc_chat_response
 from ..calls import Call, Endpoint, decode_call, new_request_id
 from ..config import Config
 from ..errors import GatewayError, bad_request
@@ -27,11 +27,6 @@ from .gen import gateway_pb2 as pb
 log = logging.getLogger("llm_proxy.grpc")
 
 _Q = TypeVar("_Q", bound=bodies.Request)
-
-
-def _headers(call: GrpcCall) -> dict[str, str]:
-    """Request metadata as call headers (gRPC keys are already lowercase)."""
-    return dict(call.metadata)
 
 
 def _reply_metadata(call: Call, extra: list[tuple[str, str]]) -> status.Metadata:
@@ -89,18 +84,25 @@ class GatewayServicer:
     def _call(
         self,
         endpoint: Endpoint,
-        request: _Q,
+        message_type: Any,
         build: Callable[[_Q], bytes],
         grpc_call: GrpcCall,
         headers: dict[str, str],
         request_id: str,
+        body: bytes | None = None,
     ) -> Call:
-        body = build(request)
+        """`body`: the JSON body when the Rust translation made it (None: build it here)."""
+        request = None
+        if body is None:
+            request = _parse(message_type, grpc_call.message)
+            body = build(request)
         if len(body) > self.max_body:
             raise GatewayError(413, f"request is larger than {self.max_body} bytes as JSON")
         try:
             call = decode_call(endpoint, body, door="grpc", request_id=request_id, headers=headers)
         except GatewayError as exc:
+            if request is None:
+                request = _parse(message_type, grpc_call.message)
             raise bodies.blame_json(request, exc) from None
         remaining = grpc_call.timeout
         if remaining is not None:
@@ -114,14 +116,17 @@ class GatewayServicer:
         message_type: Any,
         build: Callable[[_Q], bytes],
         render: Callable[[bytes, Call], Any],
+        fast: bool = False,
     ) -> None:
-        headers = _headers(grpc_call)
+        headers = grpc_call.metadata
         request_id = headers.get("x-request-id") or new_request_id()
         try:
-            request = _parse(message_type, grpc_call.message)
-            call = self._call(endpoint, request, build, grpc_call, headers, request_id)
+            body = grpc_chat_body(grpc_call.message, False) if fast else None
+            call = self._call(endpoint, message_type, build, grpc_call, headers, request_id, body)
             reply = await self.pipeline.complete(call)
-            response = render(reply.body, call).SerializeToString()
+            response = (
+                grpc_chat_response(reply.body, call.request_id, call.cache_status) if fast else None
+            ) or render(reply.body, call).SerializeToString()
         except GatewayError as exc:
             failure = exc
         except Exception:
@@ -133,7 +138,12 @@ class GatewayServicer:
 
     async def _chat(self, grpc_call: GrpcCall) -> None:
         await self._unary(
-            grpc_call, "chat", pb.ChatCompletionRequest, _chat_whole, replies.chat_response
+            grpc_call,
+            "chat",
+            pb.ChatCompletionRequest,
+            _chat_whole,
+            replies.chat_response,
+            fast=True,
         )
 
     async def _completion(self, grpc_call: GrpcCall) -> None:
@@ -154,11 +164,18 @@ class GatewayServicer:
         grpc_call.answer(self._models, [])
 
     async def _stream(self, grpc_call: GrpcCall) -> None:
-        headers = _headers(grpc_call)
+        headers = grpc_call.metadata
         request_id = headers.get("x-request-id") or new_request_id()
         try:
-            request = _parse(pb.StreamChatCompletionRequest, grpc_call.message)
-            call = self._call("chat", request, _chat_stream, grpc_call, headers, request_id)
+            call = self._call(
+                "chat",
+                pb.StreamChatCompletionRequest,
+                _chat_stream,
+                grpc_call,
+                headers,
+                request_id,
+                grpc_chat_body(grpc_call.message, True),
+            )
             stream = await self.pipeline.stream(call)
         except GatewayError as exc:
             return await _abort(grpc_call, exc, request_id)

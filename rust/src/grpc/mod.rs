@@ -7,6 +7,7 @@ pub mod call;
 pub mod py;
 pub mod server;
 pub mod service;
+pub mod translate;
 
 pub use call::{IncomingCall, Method, Reply, ReplyError, Sent, SERVICE};
 pub use server::{bind, start, RunningServer};

@@ -9,11 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::call::{IncomingCall, Method, Reply, ReplyError, Sent};
 use super::server::{bind, start, RunningServer};
 use super::service::{Dispatch, Gateway};
+use super::translate;
 
 /// The most events scheduled by one `call_soon_threadsafe`.
 const BATCH: usize = 256;
@@ -124,10 +125,14 @@ impl GrpcCall {
         PyBytes::new(py, &self.message)
     }
 
-    /// The request's ASCII metadata as (key, value) pairs.
+    /// The request's ASCII metadata (a repeated key keeps its last value).
     #[getter]
-    fn metadata(&self) -> Vec<(String, String)> {
-        self.metadata.clone()
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (key, value) in &self.metadata {
+            dict.set_item(key, value)?;
+        }
+        Ok(dict)
     }
 
     /// Seconds left before the client's deadline when the call arrived (None: no deadline).
@@ -253,4 +258,27 @@ impl GrpcServer {
             py.detach(move || running.join());
         }
     }
+}
+
+/// The OpenAI JSON body for a serialized (Stream)ChatCompletionRequest of the common shape,
+/// or None (the Python translation then applies, and names any error).
+#[pyfunction]
+pub fn grpc_chat_body<'py>(
+    py: Python<'py>,
+    message: &[u8],
+    stream: bool,
+) -> Option<Bound<'py, PyBytes>> {
+    translate::chat_body(message, stream).map(|body| PyBytes::new(py, &body))
+}
+
+/// A serialized ChatCompletionResponse for an upstream's JSON chat answer of the expected
+/// shape, or None (the Python translation then applies, and names any error).
+#[pyfunction]
+pub fn grpc_chat_response<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    request_id: &str,
+    cache_status: &str,
+) -> Option<Bound<'py, PyBytes>> {
+    translate::chat_response(body, request_id, cache_status).map(|m| PyBytes::new(py, &m))
 }
