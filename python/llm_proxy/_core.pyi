@@ -136,10 +136,11 @@ class SseRelay:
 class GrpcCall:
     """One gRPC call handed to the loop by `GrpcServer`; answer it exactly once.
 
-    A unary call is answered with `answer` or `fail`; a stream with `start`, `send` (any
-    number) and then `finish` or `fail`. `start`, `send` and `fail` return 0 (taken), 1 (the
-    client is reading slower than we write: wait, then send the same again) or 2 (the call is
-    over: the client went away or its deadline passed; its task is being cancelled).
+    A unary call is answered with `answer` or `fail`; a stream with `start` (with or without
+    its first message), `send` (any number) and then `finish` or `fail`. `start`, `send` and
+    `fail` return 0 (taken), 1 (the client is reading slower than we write: wait, then send
+    the same again) or 2 (the call is over: the client went away or its deadline passed; its
+    task is being cancelled).
     Raises RuntimeError when used against its kind or after its end.
     """
 
@@ -163,7 +164,8 @@ class GrpcCall:
         """Whether the call can still be answered."""
     def answer(self, message: bytes, metadata: list[tuple[str, str]]) -> None: ...
     def fail(self, code: int, message: str, trailers: list[tuple[str, str]]) -> int: ...
-    def start(self, metadata: list[tuple[str, str]]) -> int: ...
+    def start(self, metadata: list[tuple[str, str]], first: bytes | None = None) -> int:
+        """A stream's initial metadata, with its first message when there is one."""
     def send(self, message: bytes) -> int: ...
     def finish(self) -> None: ...
 

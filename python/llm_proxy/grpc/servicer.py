@@ -183,17 +183,26 @@ class GatewayServicer:
             return await _abort(grpc_call, _internal(request_id), request_id)
         failure: GatewayError | None = None
         try:
-            await deliver(functools.partial(grpc_call.start, _reply_metadata(call, stream.headers)))
             renderer = replies.ChunkRenderer(call)
             send = grpc_call.send
+            started = False
             # A cancelled call (client gone, deadline passed) raises CancelledError here;
             # closing `events` then closes the upstream request.
             async with contextlib.aclosing(stream.__aiter__()) as events:
                 async for event in events:
                     for message in renderer.render(event):
                         data = message.SerializeToString()
-                        if send(data) != TAKEN:
+                        if not started:
+                            # The headers go with the first message: one hand-over, one write.
+                            metadata = _reply_metadata(call, stream.headers)
+                            await deliver(functools.partial(grpc_call.start, metadata, data))
+                            started = True
+                        elif send(data) != TAKEN:
                             await deliver(functools.partial(send, data))
+            if not started:
+                await deliver(
+                    functools.partial(grpc_call.start, _reply_metadata(call, stream.headers))
+                )
         except CallGone:
             return None
         except GatewayError as exc:

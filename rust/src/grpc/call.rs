@@ -78,7 +78,7 @@ pub(crate) type UnaryAnswer = Result<(Bytes, MetadataMap), Status>;
 
 /// What a stream's producer sends, in order: `Start`, then messages, then an optional `Fail`.
 pub(crate) enum StreamEvent {
-    Start(MetadataMap),
+    Start(MetadataMap, Option<Bytes>),
     Message(Bytes),
     Fail(Status),
 }
@@ -181,10 +181,15 @@ impl Reply {
         }
     }
 
-    /// A stream's initial metadata; comes before its first message.
-    pub fn start(&mut self, metadata: &[(String, String)]) -> Result<Sent, ReplyError> {
+    /// A stream's initial metadata, with its first message when there is one: both reach the
+    /// server in one hand-over (one wake-up, one write for the headers and the message).
+    pub fn start(
+        &mut self,
+        metadata: &[(String, String)],
+        first: Option<Bytes>,
+    ) -> Result<Sent, ReplyError> {
         match &mut self.0 {
-            Sink::Stream(tx) => push(tx, StreamEvent::Start(metadata_map(metadata))),
+            Sink::Stream(tx) => push(tx, StreamEvent::Start(metadata_map(metadata), first)),
             Sink::Unary(_) => Err(ReplyError("a unary call is answered with answer()")),
         }
     }
@@ -339,7 +344,7 @@ mod tests {
     #[test]
     fn a_stream_reports_full_then_gone() {
         let (mut reply, mut rx) = Reply::stream();
-        assert_eq!(reply.start(&[]).unwrap(), Sent::Accepted);
+        assert_eq!(reply.start(&[], None).unwrap(), Sent::Accepted);
         for _ in 1..STREAM_BUFFER {
             assert_eq!(
                 reply.send(Bytes::from_static(b"x")).unwrap(),
@@ -347,7 +352,7 @@ mod tests {
             );
         }
         assert_eq!(reply.send(Bytes::from_static(b"x")).unwrap(), Sent::Full);
-        assert!(matches!(rx.try_recv(), Ok(StreamEvent::Start(_))));
+        assert!(matches!(rx.try_recv(), Ok(StreamEvent::Start(_, None))));
         assert_eq!(
             reply.send(Bytes::from_static(b"x")).unwrap(),
             Sent::Accepted

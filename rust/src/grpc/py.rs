@@ -163,9 +163,15 @@ impl GrpcCall {
             .map_err(runtime_error)
     }
 
-    /// A stream's initial metadata. Returns 0, 1 or 2 as `fail` does.
-    fn start(&mut self, metadata: Vec<(String, String)>) -> PyResult<u8> {
-        self.reply.start(&metadata).map(sent).map_err(runtime_error)
+    /// A stream's initial metadata, with its first message when there is one (one hand-over
+    /// for both). Returns 0, 1 or 2 as `fail` does.
+    #[pyo3(signature = (metadata, first = None))]
+    fn start(&mut self, metadata: Vec<(String, String)>, first: Option<&[u8]>) -> PyResult<u8> {
+        let first = first.map(Bytes::copy_from_slice);
+        self.reply
+            .start(&metadata, first)
+            .map(sent)
+            .map_err(runtime_error)
     }
 
     /// One message of a stream. Returns 0, 1 or 2 as `fail` does.

@@ -329,10 +329,10 @@ mod tests {
         fn call(&self, mut call: IncomingCall) {
             if self.0.answer {
                 if call.reply.is_stream() {
+                    let first = Some(Bytes::from_static(b"one"));
                     call.reply
-                        .start(&[("x-request-id".into(), "r1".into())])
+                        .start(&[("x-request-id".into(), "r1".into())], first)
                         .unwrap();
-                    call.reply.send(Bytes::from_static(b"one")).unwrap();
                     call.reply.send(call.message.clone()).unwrap();
                     let trailers = [("retry-after".to_owned(), "2".to_owned())];
                     call.reply.fail(8, "slow down", &trailers).unwrap();

@@ -249,17 +249,13 @@ impl<D: Dispatch> ServerStreamingService<Bytes> for Handler<D> {
                 },
                 None => rx.recv().await,
             };
-            let mut pending = None;
-            let metadata = match first {
-                Some(StreamEvent::Start(metadata)) => metadata,
+            let (metadata, pending) = match first {
+                Some(StreamEvent::Start(metadata, message)) => (metadata, message),
                 Some(StreamEvent::Fail(status)) => {
                     guard.disarm();
                     return Err(status);
                 }
-                Some(StreamEvent::Message(message)) => {
-                    pending = Some(message);
-                    Default::default()
-                }
+                Some(StreamEvent::Message(message)) => (Default::default(), Some(message)),
                 None => {
                     guard.disarm();
                     return Err(dropped());
@@ -312,7 +308,7 @@ impl<D: Dispatch> Stream for ReplyStream<D> {
             Poll::Ready(Some(StreamEvent::Message(message))) => {
                 return Poll::Ready(Some(Ok(message)))
             }
-            Poll::Ready(Some(StreamEvent::Start(_))) => {
+            Poll::Ready(Some(StreamEvent::Start(..))) => {
                 // A second start is a bug on the loop's side; the stream goes on without it.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
