@@ -16,6 +16,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_requests import Client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from llm_proxy.grpc.gen import gateway_pb2 as pb
 from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
 
@@ -710,3 +712,142 @@ def test_sigterm_drains_calls_in_flight_and_reports_not_serving(
         assert gateway.proc.wait(timeout=30) == 0
     finally:
         gateway.stop()
+
+
+# -- the Rust translation of the chat hot path matches the Python one ----------------------
+
+_texts = st.text(max_size=40)
+_int32 = st.integers(-(2**31), 2**31 - 1)
+_floats = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def plain_chat_requests(draw: st.DrawFn) -> Any:
+    messages = [
+        pb.ChatMessage(
+            role=draw(st.sampled_from(["system", "user", "assistant", "tool", "x\u00e9"])),
+            content=draw(st.none() | _texts),
+            name=draw(st.none() | _texts),
+            tool_call_id=draw(st.none() | _texts),
+            refusal=draw(st.none() | _texts),
+        )
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    return pb.ChatCompletionRequest(
+        model=draw(st.text(min_size=1, max_size=20)),
+        messages=messages,
+        temperature=draw(st.none() | _floats),
+        top_p=draw(st.none() | _floats),
+        max_tokens=draw(st.none() | _int32),
+        stop=draw(st.lists(_texts, max_size=3)),
+        seed=draw(st.none() | st.integers(-(2**63), 2**63 - 1)),
+        n=draw(st.none() | _int32),
+    )
+
+
+@given(plain_chat_requests(), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_rust_chat_body_is_the_python_body(request: Any, stream: bool) -> None:
+    from llm_proxy._core import grpc_chat_body
+    from llm_proxy.grpc import bodies
+
+    fast = grpc_chat_body(request.SerializeToString(), stream)
+    assert fast is not None
+    assert json.loads(fast) == json.loads(bodies.chat_body(request, stream=stream))
+
+
+def test_rust_chat_body_leaves_other_shapes_to_python() -> None:
+    from llm_proxy._core import grpc_chat_body
+
+    for request in (
+        chat(""),
+        chat(extra_json="{}"),
+        chat(tools=[WEATHER_TOOL]),
+        chat(tool_choice=pb.ToolChoice(mode="auto")),
+        chat(response_format=pb.ResponseFormat(type="json_object")),
+        pb.ChatCompletionRequest(model="m", messages=[pb.ChatMessage(content="no role")]),
+        pb.ChatCompletionRequest(
+            model="m", messages=[pb.ChatMessage(role="user", content_parts=[pb.ContentPart()])]
+        ),
+    ):
+        assert grpc_chat_body(request.SerializeToString(), False) is None
+    assert grpc_chat_body(b"\xff\xff", False) is None
+
+
+_json_answers = st.fixed_dictionaries(
+    {"id": _texts, "model": _texts, "created": _int32},
+    optional={
+        "choices": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "index": st.integers(0, 8),
+                    "finish_reason": st.none() | _texts,
+                    "message": st.none()
+                    | st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "role": st.none() | _texts,
+                            "content": st.none() | _texts,
+                            "refusal": st.none() | _texts,
+                            "tool_calls": st.none()
+                            | st.lists(
+                                st.fixed_dictionaries(
+                                    {},
+                                    optional={
+                                        "id": st.none() | _texts,
+                                        "type": st.none() | _texts,
+                                        "function": st.none()
+                                        | st.fixed_dictionaries(
+                                            {},
+                                            optional={
+                                                "name": st.none() | _texts,
+                                                "arguments": st.none() | _texts,
+                                            },
+                                        ),
+                                    },
+                                ),
+                                max_size=2,
+                            ),
+                        },
+                    ),
+                },
+            ),
+            max_size=3,
+        ),
+        "usage": st.none()
+        | st.fixed_dictionaries(
+            {"prompt_tokens": _int32, "completion_tokens": _int32, "total_tokens": _int32}
+        ),
+        "system_fingerprint": st.none() | _texts,
+        "object": st.just("chat.completion"),
+    },
+)
+
+
+@given(_json_answers)
+@settings(max_examples=300, deadline=None)
+def test_rust_chat_response_is_the_python_response(answer: dict[str, Any]) -> None:
+    from types import SimpleNamespace
+
+    from llm_proxy._core import grpc_chat_response
+    from llm_proxy.grpc import replies
+
+    body = json.dumps(answer).encode()
+    fast = grpc_chat_response(body, "r" * 32, "miss")
+    assert fast is not None
+    call: Any = SimpleNamespace(request_id="r" * 32, cache_status="miss")
+    assert pb.ChatCompletionResponse.FromString(fast) == replies.chat_response(body, call)
+
+
+def test_rust_chat_response_leaves_unexpected_answers_to_python() -> None:
+    from llm_proxy._core import grpc_chat_response
+
+    for body in (
+        b"not json",
+        b"[]",
+        b'{"id": null}',
+        b'{"choices": [{"message": {"content": ["part"]}}]}',
+        b'{"usage": {"prompt_tokens": 99999999999}}',
+    ):
+        assert grpc_chat_response(body, "r", "off") is None

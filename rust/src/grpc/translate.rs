@@ -294,6 +294,11 @@ struct Usage {
     total_tokens: i32,
 }
 
+/// Python's `value or default`: an empty string counts as missing.
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|s| !s.is_empty())
+}
+
 fn int32(v: i64) -> Option<i32> {
     i32::try_from(v).ok()
 }
@@ -325,7 +330,7 @@ pub fn chat_response(body: &[u8], request_id: &str, cache_status: &str) -> Optio
                 });
                 ToolCall {
                     id: t.id.unwrap_or_default(),
-                    kind: t.kind.unwrap_or_else(|| "function".into()),
+                    kind: non_empty(t.kind).unwrap_or_else(|| "function".into()),
                     function: Some(FunctionCall {
                         name: f.name.unwrap_or_default(),
                         arguments: f.arguments.unwrap_or_default(),
@@ -334,7 +339,7 @@ pub fn chat_response(body: &[u8], request_id: &str, cache_status: &str) -> Optio
             })
             .collect();
         let message = AnswerMessage {
-            role: m.role.unwrap_or_else(|| "assistant".into()),
+            role: non_empty(m.role).unwrap_or_else(|| "assistant".into()),
             content: m.content,
             tool_calls,
             refusal: m.refusal,
