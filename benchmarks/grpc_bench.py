@@ -5,10 +5,14 @@ client in its own process) share the other. Added latency is the gateway's p50 m
 the mock directly over HTTP (keep-alive aiohttp) in the same run, one call at a time.
 
     python benchmarks/grpc_bench.py [--seconds 5] [--calls 2000] [--json FILE] [--ceiling]
+    python benchmarks/grpc_bench.py --doors [--runs 3]   # calls/s: gRPC door vs HTTP door
+    python benchmarks/grpc_bench.py --floor [--runs 3]   # the prototype: the two floors
 
-`--ceiling` also drives `grpc_ceiling.py` (grpc.aio on uvloop answering a fixed reply with the
-gateway's initial metadata, on the same core) with the same load generator, in the same run:
-the most any grpc.aio front door can do here, before any work of ours.
+`--ceiling` also drives `grpc_ceiling.py --rust` (the Rust core's server and the hand-off to
+the loop answering a fixed reply with the gateway's initial metadata, on the same core) with
+the same load generator, in the same run: what the door costs before any work of ours, and
+what the grpcio client itself adds to "added" latency. `--doors` and `--floor` drive load with
+h2load (nghttp2-client), since a Python client cannot load the server to its limit.
 """
 
 from __future__ import annotations
@@ -418,7 +422,7 @@ def run(seconds: float, calls: int, kinds: list[str], with_ceiling: bool = False
         with gateway(bench_config(upstream), grpc_port) as pids:
             results = _drive({**plan, "pids": pids, "target": f"127.0.0.1:{grpc_port}"})
         if with_ceiling:
-            with ceiling(grpc_port) as pids:
+            with ceiling(grpc_port, rust=True) as pids:
                 target = f"127.0.0.1:{grpc_port}"
                 ceiling_plan = {**plan, "pids": pids, "target": target, "kinds": ["unary"]}
                 for key, value in _drive(ceiling_plan).items():
@@ -456,7 +460,8 @@ def report(r: dict[str, Any]) -> str:
     if "ceiling_unary_grpc" in r:
         g, d = r["ceiling_unary_grpc"], r["ceiling_unary_direct"]
         lines.append(
-            f"| unary: ceiling (grpc.aio, fixed reply, no upstream) | {g['p50']:.3f} | "
+            f"| unary: ceiling (Rust server + loop hand-off, fixed reply, no upstream) | "
+            f"{g['p50']:.3f} | "
             f"{g['p90']:.3f} | {g['p99']:.3f} | {g['p50'] - d['p50']:.3f} | |"
         )
     lines += [
