@@ -38,7 +38,8 @@ class CallDispatcher:
         running = self._running
         for event in events:
             if isinstance(event, int):
-                task = running.get(event)
+                # Popped here too: a task cancelled before its first step never runs `_run`.
+                task = running.pop(event, None)
                 if task is not None:
                     task.cancel()
                 continue
@@ -48,7 +49,7 @@ class CallDispatcher:
         try:
             await self._handler(call)
         finally:
-            del self._running[call.id]
+            self._running.pop(call.id, None)
 
     @property
     def in_flight(self) -> int:
