@@ -851,3 +851,29 @@ def test_rust_chat_response_leaves_unexpected_answers_to_python() -> None:
         b'{"usage": {"prompt_tokens": 99999999999}}',
     ):
         assert grpc_chat_response(body, "r", "off") is None
+
+
+def test_authorization_metadata_reaches_the_pipeline(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    # With the cache scoped per key, only the caller's own key can hit its entries.
+    config = grpc_config(mock_upstream)
+    config["cache"] = {"enabled": True, "backend": "memory", "ttl_s": 300, "scope": "key"}
+    gateway = start_gateway(config, tmp_path, grpc=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+            stub = pb_grpc.GatewayStub(channel)
+            request = chat(text=f"keyed {time.time_ns()}", seed=1)
+
+            def cache_status(key: str) -> str:
+                reply = stub.ChatCompletion(
+                    request, metadata=[("authorization", f"Bearer {key}")], timeout=10
+                )
+                return str(reply.cache_status)
+
+            assert cache_status("sk-alice") == "miss"
+            assert cache_status("sk-bob") == "miss"
+            assert cache_status("sk-alice") == "hit"
+            assert cache_status("sk-bob") == "hit"
+    finally:
+        gateway.stop()
