@@ -209,3 +209,10 @@ def grpc_chat_body(message: bytes, stream: bool) -> bytes | None:
 def grpc_chat_response(body: bytes, request_id: str, cache_status: str) -> bytes | None:
     """A serialized ChatCompletionResponse for the upstream's JSON chat answer, or None when
     its shape is unexpected (llm_proxy.grpc.replies then applies and names the problem)."""
+
+def grpc_chat_chunks(
+    events: bytes, first: bool, request_id: str, cache_status: str
+) -> list[bytes] | None:
+    """Serialized StreamChatCompletionResponses for plain OpenAI SSE `data:` events, the first
+    carrying `request_id` and `cache_status` when `first`; None when the events are of another
+    shape or carry an error (llm_proxy.grpc.replies.ChunkRenderer then renders them)."""

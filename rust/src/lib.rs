@@ -244,6 +244,7 @@ mod bindings {
         m.add_class::<crate::grpc::py::GrpcCall>()?;
         m.add_function(wrap_pyfunction!(crate::grpc::py::grpc_chat_body, m)?)?;
         m.add_function(wrap_pyfunction!(crate::grpc::py::grpc_chat_response, m)?)?;
+        m.add_function(wrap_pyfunction!(crate::grpc::py::grpc_chat_chunks, m)?)?;
         Ok(())
     }
 }

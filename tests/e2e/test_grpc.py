@@ -877,3 +877,83 @@ def test_authorization_metadata_reaches_the_pipeline(
             assert cache_status("sk-bob") == "hit"
     finally:
         gateway.stop()
+
+
+_json_chunks = st.fixed_dictionaries(
+    {"id": _texts, "model": _texts, "created": _int32},
+    optional={
+        "choices": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "index": st.integers(0, 8),
+                    "finish_reason": st.none() | _texts,
+                    "delta": st.none()
+                    | st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "role": st.none() | _texts,
+                            "content": st.none() | _texts,
+                            "refusal": st.none() | _texts,
+                            "tool_calls": st.none()
+                            | st.lists(
+                                st.fixed_dictionaries(
+                                    {"index": st.integers(0, 4)},
+                                    optional={
+                                        "id": st.none() | _texts,
+                                        "type": st.none() | _texts,
+                                        "function": st.none()
+                                        | st.fixed_dictionaries(
+                                            {},
+                                            optional={
+                                                "name": st.none() | _texts,
+                                                "arguments": st.none() | _texts,
+                                            },
+                                        ),
+                                    },
+                                ),
+                                max_size=2,
+                            ),
+                        },
+                    ),
+                },
+            ),
+            max_size=2,
+        ),
+        "usage": st.none()
+        | st.fixed_dictionaries(
+            {"prompt_tokens": _int32, "completion_tokens": _int32, "total_tokens": _int32}
+        ),
+        "system_fingerprint": st.none() | _texts,
+    },
+)
+
+
+@given(st.lists(_json_chunks, min_size=1, max_size=3), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_rust_stream_chunks_are_the_python_messages(chunks: list[Any], done: bool) -> None:
+    from types import SimpleNamespace
+
+    from llm_proxy._core import grpc_chat_chunks
+    from llm_proxy.grpc import replies
+
+    events = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+    events += b"data: [DONE]\n\n" if done else b""
+    fast = grpc_chat_chunks(events, True, "r" * 32, "hit")
+    assert fast is not None
+    call: Any = SimpleNamespace(request_id="r" * 32, cache_status="hit")
+    expected = replies.ChunkRenderer(call).render(events)
+    assert [pb.StreamChatCompletionResponse.FromString(m) for m in fast] == expected
+
+
+def test_rust_stream_chunks_leave_errors_and_other_shapes_to_python() -> None:
+    from llm_proxy._core import grpc_chat_chunks
+
+    for events in (
+        b'data: {"error": {"message": "overloaded"}}\n\n',
+        b": keep-alive\n\n",
+        b'event: message\ndata: {"id": "x"}\n\n',
+        b'data: {"id": "x"}\r\n\r\n',
+        b"data: [1]\n\n",
+    ):
+        assert grpc_chat_chunks(events, True, "r", "off") is None

@@ -190,8 +190,7 @@ class GatewayServicer:
             # closing `events` then closes the upstream request.
             async with contextlib.aclosing(stream.__aiter__()) as events:
                 async for event in events:
-                    for message in renderer.render(event):
-                        data = message.SerializeToString()
+                    for data in renderer.messages(event):
                         if not started:
                             # The headers go with the first message: one hand-over, one write.
                             metadata = _reply_metadata(call, stream.headers)

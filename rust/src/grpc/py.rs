@@ -288,3 +288,17 @@ pub fn grpc_chat_response<'py>(
 ) -> Option<Bound<'py, PyBytes>> {
     translate::chat_response(body, request_id, cache_status).map(|m| PyBytes::new(py, &m))
 }
+
+/// Serialized StreamChatCompletionResponses for plain OpenAI SSE `data:` events (the first
+/// one with the ids when `first`), or None (the Python renderer then applies).
+#[pyfunction]
+pub fn grpc_chat_chunks<'py>(
+    py: Python<'py>,
+    events: &[u8],
+    first: bool,
+    request_id: &str,
+    cache_status: &str,
+) -> Option<Vec<Bound<'py, PyBytes>>> {
+    let messages = translate::chat_chunks(events, first, request_id, cache_status)?;
+    Some(messages.iter().map(|m| PyBytes::new(py, m)).collect())
+}

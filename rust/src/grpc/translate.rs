@@ -371,6 +371,249 @@ pub fn chat_response(body: &[u8], request_id: &str, cache_status: &str) -> Optio
     Some(response.encode_to_vec())
 }
 
+// -- stream chunks -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    usage: Option<JsonUsage>,
+    #[serde(default)]
+    system_fingerprint: Option<String>,
+    #[serde(default)]
+    error: Option<Box<serde_json::value::RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    index: i64,
+    #[serde(default)]
+    delta: Option<JsonDelta>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JsonToolCallDelta {
+    #[serde(default)]
+    index: i64,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    function: Option<JsonFunction>,
+}
+
+#[derive(Deserialize)]
+struct JsonDelta {
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<JsonToolCallDelta>>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StreamResponse {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(string, tag = "2")]
+    model: String,
+    #[prost(int64, tag = "3")]
+    created: i64,
+    #[prost(message, repeated, tag = "4")]
+    choices: Vec<StreamChoice>,
+    #[prost(message, optional, tag = "5")]
+    usage: Option<Usage>,
+    #[prost(string, tag = "6")]
+    request_id: String,
+    #[prost(string, tag = "7")]
+    cache_status: String,
+    #[prost(string, optional, tag = "8")]
+    system_fingerprint: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StreamChoice {
+    #[prost(int32, tag = "1")]
+    index: i32,
+    #[prost(message, optional, tag = "2")]
+    delta: Option<ChoiceDelta>,
+    #[prost(string, optional, tag = "3")]
+    finish_reason: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ChoiceDelta {
+    #[prost(string, optional, tag = "1")]
+    role: Option<String>,
+    #[prost(string, optional, tag = "2")]
+    content: Option<String>,
+    #[prost(message, repeated, tag = "3")]
+    tool_calls: Vec<ToolCallDelta>,
+    #[prost(string, optional, tag = "4")]
+    refusal: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ToolCallDelta {
+    #[prost(int32, tag = "1")]
+    index: i32,
+    #[prost(string, optional, tag = "2")]
+    id: Option<String>,
+    #[prost(string, optional, tag = "3")]
+    kind: Option<String>,
+    #[prost(string, optional, tag = "4")]
+    function_name: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    arguments: Option<String>,
+}
+
+fn stream_message(data: &[u8]) -> Option<StreamResponse> {
+    if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let chunk: Chunk = serde_json::from_slice(data).ok()?;
+    if chunk.error.is_some() {
+        return None; // a failure mid-stream: the Python path names it
+    }
+    let mut choices = Vec::with_capacity(chunk.choices.len());
+    for c in chunk.choices {
+        let d = c.delta.unwrap_or(JsonDelta {
+            role: None,
+            content: None,
+            tool_calls: None,
+            refusal: None,
+        });
+        let mut tool_calls = Vec::new();
+        for t in d.tool_calls.unwrap_or_default() {
+            let (function_name, arguments) = match t.function {
+                Some(f) => (f.name, f.arguments),
+                None => (None, None),
+            };
+            tool_calls.push(ToolCallDelta {
+                index: int32(t.index)?,
+                id: t.id,
+                kind: t.kind,
+                function_name,
+                arguments,
+            });
+        }
+        let delta = ChoiceDelta {
+            role: d.role,
+            content: d.content,
+            tool_calls,
+            refusal: d.refusal,
+        };
+        choices.push(StreamChoice {
+            index: int32(c.index)?,
+            delta: Some(delta),
+            finish_reason: c.finish_reason,
+        });
+    }
+    let usage = match chunk.usage {
+        Some(u) => Some(Usage {
+            prompt_tokens: int32(u.prompt_tokens)?,
+            completion_tokens: int32(u.completion_tokens)?,
+            total_tokens: int32(u.total_tokens)?,
+        }),
+        None => None,
+    };
+    Some(StreamResponse {
+        id: chunk.id,
+        model: chunk.model,
+        created: chunk.created,
+        choices,
+        usage,
+        request_id: String::new(),
+        cache_status: String::new(),
+        system_fingerprint: chunk.system_fingerprint,
+    })
+}
+
+/// Serialized StreamChatCompletionResponses for OpenAI SSE events (`data: {...}` blocks, as
+/// the relay hands them over), the first of them carrying `request_id` and `cache_status`
+/// when `first`; or None when the events are not of that plain shape or one is unexpected
+/// (the Python path then renders them, and names any error).
+pub fn chat_chunks(
+    events: &[u8],
+    first: bool,
+    request_id: &str,
+    cache_status: &str,
+) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut first = first;
+    for block in events.split_inner() {
+        if block.is_empty() {
+            continue;
+        }
+        let data = block.strip_prefix(b"data: ")?;
+        if data.contains(&b'\n') || data.contains(&b'\r') {
+            return None;
+        }
+        if data == b"[DONE]" {
+            continue;
+        }
+        let mut message = stream_message(data)?;
+        if first {
+            first = false;
+            message.request_id = request_id.to_owned();
+            message.cache_status = cache_status.to_owned();
+        }
+        out.push(message.encode_to_vec());
+    }
+    Some(out)
+}
+
+trait Blocks {
+    fn split_inner(&self) -> BlockIter<'_>;
+}
+
+impl Blocks for [u8] {
+    fn split_inner(&self) -> BlockIter<'_> {
+        BlockIter { rest: self }
+    }
+}
+
+/// The blocks of an event stream, split at blank lines (`\n\n`).
+struct BlockIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for BlockIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        match memchr::memmem::find(self.rest, b"\n\n") {
+            Some(at) => {
+                let block = &self.rest[..at];
+                self.rest = &self.rest[at + 2..];
+                Some(block)
+            }
+            None => {
+                let block = self.rest;
+                self.rest = &[];
+                Some(block)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +733,47 @@ mod tests {
         assert_eq!(choice.finish_reason, "tool_calls");
         assert_eq!(r.usage.unwrap().total_tokens, 5);
         assert_eq!(r.system_fingerprint, None);
+    }
+
+    #[test]
+    fn chunks_become_stream_messages_and_only_the_first_carries_the_ids() {
+        let events = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n";
+        let messages = chat_chunks(events, true, "rid", "miss").unwrap();
+        assert_eq!(messages.len(), 2);
+        let one = StreamResponse::decode(&messages[0][..]).unwrap();
+        let two = StreamResponse::decode(&messages[1][..]).unwrap();
+        assert_eq!(
+            (one.request_id.as_str(), one.cache_status.as_str()),
+            ("rid", "miss")
+        );
+        assert_eq!(
+            one.choices[0].delta.as_ref().unwrap().content.as_deref(),
+            Some("Hi")
+        );
+        assert_eq!(one.choices[0].finish_reason, None);
+        assert_eq!(two.request_id, "");
+        assert_eq!(two.usage.unwrap().total_tokens, 3);
+        assert!(chat_chunks(b"data: [DONE]\n\n", true, "r", "c")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn other_event_shapes_and_stream_errors_go_to_python() {
+        for events in [
+            &b": keep-alive\n\n"[..],
+            b"event: x\ndata: {}\n\n",
+            b"data: {}\r\n\r\n",
+            b"data: {\"error\":{\"message\":\"boom\"}}\n\n",
+            b"data: nope\n\n",
+        ] {
+            assert_eq!(
+                chat_chunks(events, false, "r", "c"),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(events)
+            );
+        }
     }
 
     #[test]
