@@ -1,4 +1,5 @@
-"""The Rust hot-path core (rust/src): cache keys, token counting and the SSE stream relay."""
+"""The Rust hot-path core (rust/src): cache keys, token counting, the SSE stream relay and the
+gRPC server."""
 
 from collections.abc import Callable
 from typing import Final, Literal, final
