@@ -957,3 +957,13 @@ def test_rust_stream_chunks_leave_errors_and_other_shapes_to_python() -> None:
         b"data: [1]\n\n",
     ):
         assert grpc_chat_chunks(events, True, "r", "off") is None
+
+
+def test_a_gzip_compressed_request_is_answered(gw: Gateway) -> None:
+    target = f"127.0.0.1:{gw.grpc_port}"
+    with grpc.insecure_channel(target, compression=grpc.Compression.Gzip) as channel:
+        stub = pb_grpc.GatewayStub(channel)
+        reply = stub.ChatCompletion(chat(text="squeeze " * 200), timeout=10)
+        assert reply.choices[0].message.content
+        messages = list(stub.StreamChatCompletion(stream_req(text="squeeze " * 200), timeout=10))
+        assert messages[-1].HasField("usage")

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::BoxFuture;
 use tonic::metadata::KeyAndValueRef;
 use tonic::server::{Grpc, ServerStreamingService, UnaryService};
@@ -121,8 +121,10 @@ impl<D: Dispatch> Gateway<D> {
             method,
             timeout,
         };
-        let mut grpc =
-            Grpc::new(RawCodec).apply_max_message_size_config(Some(self.shared.max_message), None);
+        // Requests may come gzip-compressed (grpcio's server took them); answers go plain.
+        let mut grpc = Grpc::new(RawCodec)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .apply_max_message_size_config(Some(self.shared.max_message), None);
         let response = if method.is_stream() {
             grpc.server_streaming(handler, request).await
         } else {
