@@ -325,6 +325,16 @@ def floor(seconds: float, runs: int) -> dict[str, Any]:
 def doors(seconds: float, runs: int) -> dict[str, Any]:
     """Both doors of one gateway process in front of the mock, the same chat request: HTTP
     (wrk, 64 connections) and gRPC (h2load, 64 streams), alternated `runs` times."""
+    grpc_port = free_port()
+    with (
+        mock_upstream() as upstream,
+        tempfile.TemporaryDirectory() as tmp,
+        serve_gateway(bench_config(upstream), Path(tmp), grpc_port) as gw,
+    ):
+        return _doors_on(gw, grpc_port, seconds, runs)
+
+
+def _doors_on(gw: Any, grpc_port: int, seconds: float, runs: int) -> dict[str, Any]:
     from common import wrk
     from llm_proxy.grpc.gen import gateway_pb2 as pb
     from overhead import BODY
@@ -333,40 +343,34 @@ def doors(seconds: float, runs: int) -> dict[str, Any]:
     message = unary.SerializeToString()
     path = "/llm_proxy.v1.Gateway/ChatCompletion"
     results: dict[str, Any] = {"http": [], "grpc_4x16": [], "grpc_64x1": []}
-    grpc_port = free_port()
-    with (
-        mock_upstream() as upstream,
-        tempfile.TemporaryDirectory() as tmp,
-        serve_gateway(bench_config(upstream), Path(tmp), grpc_port) as gw,
-    ):
-        target = f"127.0.0.1:{grpc_port}"
-        _check_one_call(target)
-        url = f"{gw.url}/v1/chat/completions"
-        headers = {"authorization": "Bearer sk-b"}
-        wrk(url, BODY, connections=8, seconds=1, headers=headers)  # warm both doors
-        h2load(target, path, message, streams=8, connections=1, seconds=1)
-        for _ in range(runs):
+    target = f"127.0.0.1:{grpc_port}"
+    _check_one_call(target)
+    url = f"{gw.url}/v1/chat/completions"
+    headers = {"authorization": "Bearer sk-b"}
+    wrk(url, BODY, connections=8, seconds=1, headers=headers)  # warm both doors
+    h2load(target, path, message, streams=8, connections=1, seconds=1)
+    for _ in range(runs):
+        before = cpu_seconds(gw.pids)
+        r = wrk(url, BODY, connections=64, seconds=seconds, headers=headers)
+        cpu = cpu_seconds(gw.pids) - before
+        results["http"].append(
+            {
+                "rps": r.rps,
+                "p50": r.p50_ms,
+                "p99": r.p99_ms,
+                "errors": r.errors,
+                "busy": cpu / round(seconds),
+                "cpu_us_per_call": cpu / max(1, r.requests) * 1e6,
+            }
+        )
+        for key, conns in (("grpc_4x16", 4), ("grpc_64x1", 64)):
             before = cpu_seconds(gw.pids)
-            r = wrk(url, BODY, connections=64, seconds=seconds, headers=headers)
+            x = h2load(target, path, message, streams=64, connections=conns, seconds=seconds)
             cpu = cpu_seconds(gw.pids) - before
-            results["http"].append(
-                {
-                    "rps": r.rps,
-                    "p50": r.p50_ms,
-                    "p99": r.p99_ms,
-                    "errors": r.errors,
-                    "busy": cpu / round(seconds),
-                    "cpu_us_per_call": cpu / max(1, r.requests) * 1e6,
-                }
-            )
-            for key, conns in (("grpc_4x16", 4), ("grpc_64x1", 64)):
-                before = cpu_seconds(gw.pids)
-                x = h2load(target, path, message, streams=64, connections=conns, seconds=seconds)
-                cpu = cpu_seconds(gw.pids) - before
-                span = round(seconds) + 1  # h2load's warm-up second is loaded too
-                x["busy"] = cpu / span
-                x["cpu_us_per_call"] = cpu / max(1.0, x["rps"] * span) * 1e6
-                results[key].append(x)
+            span = round(seconds) + 1  # h2load's warm-up second is loaded too
+            x["busy"] = cpu / span
+            x["cpu_us_per_call"] = cpu / max(1.0, x["rps"] * span) * 1e6
+            results[key].append(x)
     return results
 
 
@@ -374,10 +378,10 @@ def doors(seconds: float, runs: int) -> dict[str, Any]:
 
 
 @contextmanager
-def gateway(config: dict[str, Any], grpc_port: int) -> Iterator[list[int]]:
-    """`llm-proxy serve` pinned to the gateway core; yields the PIDs of its processes."""
+def gateway(config: dict[str, Any], grpc_port: int) -> Iterator[Any]:
+    """`llm-proxy serve` pinned to the gateway core (`.url`, `.pids`)."""
     with tempfile.TemporaryDirectory() as tmp, serve_gateway(config, Path(tmp), grpc_port) as gw:
-        yield gw.pids
+        yield gw
 
 
 @contextmanager
@@ -419,8 +423,13 @@ def run(seconds: float, calls: int, kinds: list[str], with_ceiling: bool = False
     plan: dict[str, Any] = {"calls": calls, "seconds": seconds, "kinds": kinds}
     with mock_upstream() as upstream:
         plan["upstream"] = upstream
-        with gateway(bench_config(upstream), grpc_port) as pids:
-            results = _drive({**plan, "pids": pids, "target": f"127.0.0.1:{grpc_port}"})
+        with gateway(bench_config(upstream), grpc_port) as gw:
+            target = f"127.0.0.1:{grpc_port}"
+            results = _drive({**plan, "pids": gw.pids, "target": target})
+            if "unary" in kinds and shutil.which("h2load") and shutil.which("wrk"):
+                # Issue 23's throughput target, side by side on this gateway: its gRPC door
+                # (h2load, 4 connections x 16 streams) against its HTTP door (wrk, 64).
+                results["doors_64"] = _doors_on(gw, grpc_port, seconds, 1)
         if with_ceiling:
             with ceiling(grpc_port, rust=True) as pids:
                 target = f"127.0.0.1:{grpc_port}"
@@ -463,6 +472,13 @@ def report(r: dict[str, Any]) -> str:
             f"| unary: ceiling (Rust server + loop hand-off, fixed reply, no upstream) | "
             f"{g['p50']:.3f} | "
             f"{g['p90']:.3f} | {g['p99']:.3f} | {g['p50'] - d['p50']:.3f} | |"
+        )
+    if "doors_64" in r:
+        h, g = r["doors_64"]["http"][0], r["doors_64"]["grpc_4x16"][0]
+        lines.append(
+            f"| unary at 64: HTTP door {h['rps']:,.0f} req/s, gRPC door {g['rps']:,.0f} calls/s "
+            f"(ratio {g['rps'] / h['rps']:.2f}; gateway CPU per call {h['cpu_us_per_call']:.0f} "
+            f"vs {g['cpu_us_per_call']:.0f} us) | | | | | |"
         )
     lines += [
         "",
