@@ -162,7 +162,9 @@ class ResponseCache:
         return base + "|key:" + digest
 
     async def _find(self, call: Call) -> tuple[CacheTicket | None, CacheEntry | None]:
-        if call.endpoint not in self.endpoints:
+        # Messages and Responses calls are not cached yet: a passthrough answer is not in
+        # OpenAI's format, which the stored entries and their replay assume.
+        if call.endpoint not in self.endpoints or call.wire != "openai":
             call.cache_status = "bypass"
             self.stats.bypasses += 1
             return None, None
