@@ -1,11 +1,12 @@
-"""CPU per call of the Messages API's translation, over what a chat completions call costs.
+"""CPU per call of the Messages (and Responses) API's translation, over a chat completions call.
 
 A `/v1/messages` call to an OpenAI-format deployment pays, in the door: decoding the
 Anthropic request and translating it to a chat body (instead of `decode_call`), then either
 the whole answer back to an Anthropic message, or every chunk of the stream to Anthropic's
 events. A chat completions call pays `decode_call` and forwards the answer as it is. This
 times both sides in-process (the same functions the door calls) and prints the difference;
-the goal is at most 30 us per call.
+the goal is at most 30 us per call. The Responses API's stateless translation is timed the
+same way.
 
     python -m benchmarks.scenarios.messages_translation [--seconds S] [--json FILE]
 """
@@ -22,8 +23,11 @@ import msgspec
 from llm_proxy.calls import Usage, decode_call
 from llm_proxy.http.foreign import Target
 from llm_proxy.http.messages import MessagesApi
+from llm_proxy.http.responses import ResponseOwners, ResponsesApi
 from llm_proxy.translate.messages_answer import chat_to_message
 from llm_proxy.translate.messages_stream import MessagesStream
+from llm_proxy.translate.responses import chat_to_response
+from llm_proxy.translate.responses_stream import ResponsesEvents
 
 _encoder = msgspec.json.Encoder()
 TOOL = {
@@ -46,6 +50,22 @@ def messages_body(stream: bool) -> bytes:
             "system": "You are a concise assistant.",
             "messages": TURNS,
             "tools": [TOOL],
+            "temperature": 0.2,
+            "stream": stream,
+        }
+    )
+
+
+def responses_body(stream: bool) -> bytes:
+    tool = {"type": "function", "name": TOOL["name"], "description": TOOL["description"]}
+    tool["parameters"] = TOOL["input_schema"]
+    return _encoder.encode(
+        {
+            "model": "gpt-4o-mini",
+            "max_output_tokens": 512,
+            "instructions": "You are a concise assistant.",
+            "input": TURNS,
+            "tools": [tool],
             "temperature": 0.2,
             "stream": stream,
         }
@@ -137,13 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--chunks", type=int, default=16, help="text chunks in the stream")
     args = parser.parse_args(argv)
 
     api = object.__new__(MessagesApi)
     api.targets = {"gpt-4o-mini": Target("gpt-4o-mini", native=False)}
     api.native_providers = frozenset()
+    responses = object.__new__(ResponsesApi)
+    responses.targets = api.targets
+    responses.native_providers = frozenset()
+    responses.owners = ResponseOwners()
     usage = Usage(60, 36, 96)
-    items = stream_items()
+    items = stream_items(args.chunks)
     headers: dict[str, str] = {}
     rows: dict[str, dict[str, float]] = {}
     for kind, stream in (("whole", False), ("streamed", True)):
@@ -166,18 +191,34 @@ def main(argv: list[str] | None = None) -> int:
                 call = api.decode(m_body, "r", headers)
                 chat_to_message(WHOLE_ANSWER, call.model, usage)
 
+        r_body = responses_body(stream)
+        if stream:
+
+            def responses_call(r_body: bytes = r_body) -> None:
+                call = responses.decode(r_body, "r", headers)
+                translator = ResponsesEvents(call.model)
+                for item in items:
+                    translator.feed(item)
+                translator.finish()
+        else:
+
+            def responses_call(r_body: bytes = r_body) -> None:
+                call = responses.decode(r_body, "r", headers)
+                chat_to_response(WHOLE_ANSWER, call.model, usage)
+
         chat_us = per_call_us(chat_call, args.seconds)
-        messages_us = per_call_us(messages_call, args.seconds)
-        rows[kind] = {
-            "chat_us": chat_us,
-            "messages_us": messages_us,
-            "added_us": messages_us - chat_us,
-        }
-    print(f"| call ({len(items) - 1} chunks streamed) | chat completions | messages | added |")
+        for api_name, fn in (("messages", messages_call), ("responses", responses_call)):
+            us = per_call_us(fn, args.seconds)
+            rows[f"{api_name} {kind}"] = {
+                "chat_us": chat_us,
+                "api_us": us,
+                "added_us": us - chat_us,
+            }
+    print(f"| call ({len(items) - 1} chunks streamed) | chat completions | this API | added |")
     print("|---|---:|---:|---:|")
     for kind, row in rows.items():
         print(
-            f"| {kind} | {row['chat_us']:.1f} us | {row['messages_us']:.1f} us "
+            f"| {kind} | {row['chat_us']:.1f} us | {row['api_us']:.1f} us "
             f"| {row['added_us']:.1f} us (goal <= 30) |"
         )
     if args.json:

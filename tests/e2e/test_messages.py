@@ -38,7 +38,9 @@ def gw_log(
     mock_upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Gateway, Path]]:
     tmp = tmp_path_factory.mktemp("messages")
-    gw = start_gateway(logging_config(mock_upstream, tmp), tmp)
+    config = logging_config(mock_upstream, tmp)
+    config["models"]["reasoner"] = {"provider": "up", "model": "o3-mini"}
+    gw = start_gateway(config, tmp)
     yield gw, tmp
     gw.stop()
 
@@ -223,6 +225,40 @@ def test_tool_result_reaches_an_openai_upstream_as_a_tool_message(
     assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "tool", "user"]
     assert body["messages"][2]["tool_calls"][0]["id"] == "toolu_1"
     assert body["messages"][3] == {"role": "tool", "tool_call_id": "toolu_1", "content": "Rain"}
+
+
+def test_images_and_thinking_are_translated_for_an_openai_upstream(
+    gw: Gateway, mock_upstream: MockUpstream
+) -> None:
+    image = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+    client(gw).messages.create(
+        model="reasoner",
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": image},  # type: ignore[list-item]
+                    {"type": "text", "text": "What is this?"},
+                ],
+            }
+        ],
+    )
+    body = mock_upstream.last()["body"]
+    assert body["model"] == "o3-mini" and body["reasoning_effort"] == "low"
+    assert body["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    # A model without reasoning gets no reasoning_effort (it would refuse the field).
+    client(gw).messages.create(
+        model="gpt-4o-mini",
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=user("Think"),
+    )
+    assert "reasoning_effort" not in mock_upstream.last()["body"]
 
 
 # -- passthrough to an Anthropic deployment -----------------------------------------------

@@ -21,6 +21,7 @@ from ..errors import GatewayError
 from ..pipeline import Pipeline, PipelineStream
 from .foreign import ForeignApi
 from .messages import CountTokensApi, MessagesApi
+from .responses import ResponsesApi
 from .watch import RequestWatch
 
 log = logging.getLogger("llm_proxy.http")
@@ -92,6 +93,7 @@ class HttpDoor:
         self.foreign: dict[str, ForeignApi] = {
             "/v1/messages": MessagesApi(self),
             "/v1/messages/count_tokens": CountTokensApi(self),
+            "/v1/responses": ResponsesApi(self),
         }
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol
@@ -53,15 +53,20 @@ class Target:
         self.native = native  # its provider speaks the client's API
 
 
-def targets(config: Config, native_kinds: tuple[type, ...]) -> dict[str, Target]:
+def targets(config: Config, native: Callable[[object], bool]) -> dict[str, Target]:
+    """Each model's upstream name, and whether its provider speaks the client's API."""
     return {
-        name: Target(m.model, isinstance(config.providers.get(m.provider), native_kinds))
+        name: Target(m.model, native(config.providers.get(m.provider)))
         for name, m in config.models.items()
     }
 
 
-def anthropic_providers(config: Config) -> frozenset[str]:
-    return frozenset(n for n, p in config.providers.items() if isinstance(p, AnthropicProvider))
+def is_anthropic(provider: object) -> bool:
+    return isinstance(provider, AnthropicProvider)
+
+
+def native_providers(config: Config, native: Callable[[object], bool]) -> frozenset[str]:
+    return frozenset(n for n, p in config.providers.items() if native(p))
 
 
 class ForeignApi:
@@ -85,6 +90,14 @@ class ForeignApi:
 
     def whole(self, call: Call, reply: Reply) -> bytes:
         raise NotImplementedError
+
+    def native_whole(self, call: Call, reply: Reply) -> bytes:
+        """A passthrough answer's body (as it came, by default)."""
+        return reply.body
+
+    def passthrough(self, call: Call) -> StreamTranslator | None:
+        """What watches a passthrough stream's events, if anything (None: sent as they come)."""
+        return None
 
     def translator(self, call: Call) -> StreamTranslator:
         raise NotImplementedError
@@ -166,7 +179,8 @@ class ForeignApi:
                 return
             reply = await self.pipeline.complete(call)
             try:
-                body = reply.body if self.native(call) else self.whole(call, reply)
+                native = self.native(call)
+                body = self.native_whole(call, reply) if native else self.whole(call, reply)
             except ValueError as exc:
                 raise GatewayError(502, f"upstream answered with an invalid body: {exc}") from None
             headers = [
@@ -201,7 +215,7 @@ class ForeignApi:
             stream = await self.pipeline.stream(call)
             events = stream.__aiter__()
             first = await _first_event(events, call.request_id)
-            translator = None if self.native(call) else self.translator(call)
+            translator = self.passthrough(call) if self.native(call) else self.translator(call)
             headers = [
                 *_SSE_HEADERS,
                 ("x-request-id", call.request_id),

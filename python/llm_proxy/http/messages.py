@@ -15,7 +15,6 @@ from granian.rsgi import Scope
 
 from .. import _core
 from ..calls import MAX_MODEL_NAME, Call, Headers, Outcome, Reply
-from ..config import AnthropicProvider
 from ..errors import GatewayError
 from ..translate.messages_answer import chat_to_message
 from ..translate.messages_request import TranslationError, messages_to_chat
@@ -28,7 +27,7 @@ from ..wire.anthropic import (
     messages_head_decoder,
     token_count_decoder,
 )
-from .foreign import JSON, ForeignApi, anthropic_providers, targets
+from .foreign import JSON, ForeignApi, is_anthropic, native_providers, targets
 
 if TYPE_CHECKING:
     from .door import HttpDoor
@@ -73,8 +72,8 @@ class MessagesApi(ForeignApi):
 
     def __init__(self, door: HttpDoor) -> None:
         super().__init__(door)
-        self.targets = targets(self.config, (AnthropicProvider,))
-        self.native_providers = anthropic_providers(self.config)
+        self.targets = targets(self.config, is_anthropic)
+        self.native_providers = native_providers(self.config, is_anthropic)
 
     def decode(self, body: bytes, request_id: str, headers: Headers) -> Call:
         head = decode_head(messages_head_decoder, body)

@@ -7,11 +7,12 @@ import time
 import msgspec
 
 from ..calls import Call, Deployment, Reply, ResponseHead
-from ..config import AzureProvider, OpenAIProvider
+from ..config import AzureProvider, OpenAIProvider, speaks_responses
 from ..errors import GatewayError
 from ..upstream import UpstreamClient, UpstreamResponse, passed_headers
 from .base import upstream_error, upstream_timeout
 from .relay import RelayedStream
+from .responses import ResponsesStream, response_head_decoder, responses_usage
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 _head_decoder = msgspec.json.Decoder(ResponseHead)
@@ -43,6 +44,12 @@ class OpenAICompatible:
         headers.update({k.lower(): v for k, v in config.headers.items()})
         self.headers = headers
         self.stream_headers = {**headers, "accept": "text/event-stream"}
+        # Responses API calls are passed through when the upstream serves that API.
+        self.responses_api = speaks_responses(config)
+        self.responses_url = self.base_url + "/responses"
+
+    def native(self, call: Call) -> bool:
+        return call.wire == "responses" and self.responses_api
 
     def _auth_headers(self) -> dict[str, str]:
         assert isinstance(self.config, OpenAIProvider)
@@ -54,12 +61,15 @@ class OpenAICompatible:
         return out
 
     def url(self, call: Call, deployment: Deployment) -> str:
+        if call.wire == "responses" and self.responses_api:
+            return self.responses_url
         return self.base_url + _PATHS[call.endpoint]
 
     def body(self, call: Call, deployment: Deployment) -> bytes:
+        body = call.client_body if self.native(call) else call.body
         if deployment.model == call.model:
-            return call.body
-        return with_model(call.body, deployment.model)
+            return body
+        return with_model(body, deployment.model)
 
     async def start(self) -> None:
         await self.client.start()
@@ -82,13 +92,22 @@ class OpenAICompatible:
             call.upstream_s += time.perf_counter() - started
         if resp.status != 200:
             raise upstream_error(resp, self.name)
+        if self.native(call):
+            try:
+                response = response_head_decoder.decode(resp.body)
+            except msgspec.DecodeError:
+                raise GatewayError(
+                    502, f"upstream {self.name} answered with invalid JSON"
+                ) from None
+            usage = responses_usage(response)
+            return Reply(resp.body, 200, passed_headers(resp.headers), usage)
         try:
             head = _head_decoder.decode(resp.body)
         except msgspec.DecodeError:
             raise GatewayError(502, f"upstream {self.name} answered with invalid JSON") from None
         return Reply(resp.body, 200, passed_headers(resp.headers), head.usage)
 
-    async def stream(self, call: Call, deployment: Deployment) -> RelayedStream:
+    async def stream(self, call: Call, deployment: Deployment) -> RelayedStream | ResponsesStream:
         timeout = upstream_timeout(call, self.config.timeout_s)
         started = time.perf_counter()
         try:
@@ -107,6 +126,8 @@ class OpenAICompatible:
             raise upstream_error(
                 UpstreamResponse(upstream.status, upstream.headers, body), self.name
             )
+        if self.native(call):
+            return ResponsesStream(upstream, call)
         return RelayedStream(upstream, call, "openai", deployment.model)
 
 
@@ -119,10 +140,14 @@ class Azure(OpenAICompatible):
 
     def url(self, call: Call, deployment: Deployment) -> str:
         assert isinstance(self.config, AzureProvider)
+        if self.native(call):
+            return f"{self.base_url}/openai/v1/responses"
         return (
             f"{self.base_url}/openai/deployments/{deployment.model}{_PATHS[call.endpoint]}"
             f"?api-version={self.config.api_version}"
         )
 
     def body(self, call: Call, deployment: Deployment) -> bytes:
+        if self.native(call):
+            return with_model(call.client_body, deployment.model)
         return call.body

@@ -60,22 +60,25 @@ class MessagesStream:
 
     def feed(self, item: bytes) -> bytes:
         """The Anthropic events for one item (one or more complete OpenAI events)."""
+        if item.startswith(b"data: ") and item.find(b"\n") == len(item) - 2:
+            # The common case, one LF-framed event, without the general splitter (a regex).
+            return self._data(item[6:-2])
+        return b"".join(
+            self._data(data)
+            for data in (event_data(raw) for raw in split_events(item))
+            if data is not None
+        )
+
+    def _data(self, data: bytes) -> bytes:
+        if data == _DONE:
+            return self.finish()
+        try:
+            chunk = _chunk_decoder.decode(data)
+        except msgspec.DecodeError:
+            raise ValueError("upstream sent a chunk that is not JSON") from None
         out: list[bytes] = []
-        # Most items are one LF-framed event; the general splitter is a slow regex.
-        single = item.find(b"\n\n") == len(item) - 2 and b"\r" not in item
-        for raw in (item,) if single else split_events(item):
-            data = event_data(raw)
-            if data is None:
-                continue
-            if data == _DONE:
-                out.append(self.finish())
-                continue
-            try:
-                chunk = _chunk_decoder.decode(data)
-            except msgspec.DecodeError:
-                raise ValueError("upstream sent a chunk that is not JSON") from None
-            self._chunk(chunk, out)
-        return b"".join(out)
+        self._chunk(chunk, out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def finish(self) -> bytes:
         """The closing events (once; after `[DONE]`, or when the stream ended without it)."""
