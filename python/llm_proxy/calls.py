@@ -104,6 +104,9 @@ class Call:
     cut_by_shutdown: bool = False
     wire: ClientWire = "openai"
     client_body: bytes = b""
+    # The door forwards `client_body` (the model's provider speaks the client's API): the
+    # answer is in the client's format, not OpenAI's, so it is not cached.
+    passthrough: bool = False
 
     @property
     def api_endpoint(self) -> str:

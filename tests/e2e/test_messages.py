@@ -19,7 +19,7 @@ import pytest
 from llm_proxy import _core
 
 from tests.e2e.test_observe import logging_config, record_of
-from tests.support.servers import Gateway, MockUpstream, start_gateway
+from tests.support.servers import Gateway, MockUpstream, standard_config, start_gateway
 
 MODELS = ["mock-1", "gpt-4o-mini", "claude"]
 WEATHER_TOOL = {
@@ -445,3 +445,53 @@ def test_messages_calls_are_logged_with_their_endpoint(gw_log: tuple[Gateway, Pa
     record = record_of(tmp / "log.db", raw.headers["x-request-id"])
     assert record["endpoint"] == "messages" and record["door"] == "http"
     assert record["status"] == 200 and record["prompt_tokens"] > 0
+
+
+# -- the cache ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cached_gw(
+    mock_upstream: MockUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("messages-cache")
+    config = standard_config(mock_upstream)
+    config["cache"] = {"enabled": True}
+    gw = start_gateway(config, tmp)
+    yield gw
+    gw.stop()
+
+
+def test_translated_answers_are_cached_and_replayed_in_anthropic_shape(
+    cached_gw: Gateway,
+) -> None:
+    c = client(cached_gw)
+    question = user("Cache this answer, please")
+    first = c.messages.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=40, messages=question
+    )
+    again = c.messages.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=40, messages=question
+    )
+    assert first.headers["x-llm-proxy-cache"] == "miss"
+    assert again.headers["x-llm-proxy-cache"] == "hit"
+    assert again.parse().content == first.parse().content
+    # A stream of the same request is replayed from the entry, as Anthropic's events.
+    with c.messages.with_streaming_response.create(
+        model="gpt-4o-mini", max_tokens=40, messages=question, stream=True
+    ) as response:
+        assert response.headers["x-llm-proxy-cache"] == "hit"
+    with c.messages.stream(model="gpt-4o-mini", max_tokens=40, messages=question) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    check_event_sequence(events)
+    assert final.content[0].text == first.parse().content[0].text  # type: ignore[union-attr]
+
+
+def test_passthrough_answers_bypass_the_cache(cached_gw: Gateway) -> None:
+    c = client(cached_gw)
+    for _ in range(2):
+        raw = c.messages.with_raw_response.create(
+            model="claude", max_tokens=40, messages=user("Not cached")
+        )
+        assert raw.headers["x-llm-proxy-cache"] == "bypass"

@@ -78,7 +78,8 @@ class MessagesApi(ForeignApi):
     def decode(self, body: bytes, request_id: str, headers: Headers) -> Call:
         head = decode_head(messages_head_decoder, body)
         target = self.targets.get(head.model)
-        if target is not None and target.native:
+        passthrough = target is not None and target.native
+        if passthrough:
             chat_body, prompt = body, bytes(head.messages)
         else:
             try:
@@ -101,6 +102,7 @@ class MessagesApi(ForeignApi):
             headers,
             wire="anthropic",
             client_body=body,
+            passthrough=passthrough,
         )
 
     def native(self, call: Call) -> bool:

@@ -124,7 +124,8 @@ class ResponsesApi(ForeignApi):
             # The follow-up goes to the deployment that holds the earlier response.
             model = self.owners.owner(previous) or model
         target = self.targets.get(model)
-        if target is not None and target.native:
+        passthrough = target is not None and target.native
+        if passthrough:
             chat_body = body
             raw_input = bytes(head.input)
             if raw_input.startswith(b"["):
@@ -154,6 +155,7 @@ class ResponsesApi(ForeignApi):
             headers,
             wire="responses",
             client_body=body,
+            passthrough=passthrough,
         )
 
     def native(self, call: Call) -> bool:
