@@ -76,6 +76,19 @@ class MessagesStream:
             chunk = _chunk_decoder.decode(data)
         except msgspec.DecodeError:
             raise ValueError("upstream sent a chunk that is not JSON") from None
+        choices = chunk.choices
+        if len(choices) == 1 and self._open_kind == "text" and self._open is not None:
+            # The common chunk: more text for the open text block.
+            choice = choices[0]
+            delta = choice.delta
+            if (
+                delta is not None
+                and delta.content
+                and not delta.tool_calls
+                and choice.finish_reason is None
+                and chunk.usage is None
+            ):
+                return self._text_prefix + _encoder.encode(delta.content) + b"}}\n\n"
         out: list[bytes] = []
         self._chunk(chunk, out)
         return out[0] if len(out) == 1 else b"".join(out)

@@ -60,6 +60,28 @@ class ResponsesEvents:
             chunk = _chunk_decoder.decode(data)
         except msgspec.DecodeError:
             raise ValueError("upstream sent a chunk that is not JSON") from None
+        choices = chunk.choices
+        item = self._open
+        if len(choices) == 1 and item is not None and item["type"] == "message":
+            # The common chunk: more text for the open message.
+            choice = choices[0]
+            delta = choice.delta
+            if (
+                delta is not None
+                and delta.content
+                and not delta.tool_calls
+                and choice.finish_reason is None
+                and chunk.usage is None
+            ):
+                self._text.append(delta.content)
+                self._seq += 1
+                return (
+                    self._delta_prefix
+                    + b"%d" % (self._seq - 1)
+                    + b',"delta":'
+                    + _encoder.encode(delta.content)
+                    + b"}\n\n"
+                )
         out: list[bytes] = []
         self._chunk(chunk, out)
         return b"".join(out)
