@@ -215,3 +215,27 @@ def test_bad_requests_get_openai_errors(gw: Gateway, body: bytes, status: int, w
     r = httpx.post(gw.base_url + "/responses", content=body)
     assert r.status_code == status
     assert words in r.json()["error"]["message"]
+
+
+def test_stored_response_is_retrieved_and_deleted_at_its_deployment(
+    gw: Gateway, second_upstream: MockUpstream
+) -> None:
+    c = client(gw)
+    created = c.responses.create(model="resp-b", input="Keep me")
+    fetched = c.responses.retrieve(created.id)
+    assert fetched.id == created.id and fetched.output_text == created.output_text
+    sent = second_upstream.last()
+    assert (sent["method"], sent["path"]) == ("GET", f"/v1/responses/{created.id}")
+    deleted = c.responses.delete(created.id)  # type: ignore[func-returns-value]
+    assert deleted is None  # the SDK returns nothing for a 200
+    assert second_upstream.last()["method"] == "DELETE"
+    with pytest.raises(openai.NotFoundError):
+        c.responses.retrieve(created.id)  # forgotten by the gateway once deleted
+
+
+def test_unknown_stored_response_is_a_404(gw: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(gw).responses.retrieve("resp_never_seen")
+    assert "not found" in caught.value.message
+    r = httpx.post(gw.base_url + "/responses/resp_x")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, DELETE"

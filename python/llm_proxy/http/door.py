@@ -21,7 +21,7 @@ from ..errors import GatewayError
 from ..pipeline import Pipeline, PipelineStream
 from .foreign import ForeignApi
 from .messages import CountTokensApi, MessagesApi
-from .responses import ResponsesApi
+from .responses import STORED_PREFIX, ResponsesApi
 from .watch import RequestWatch
 
 log = logging.getLogger("llm_proxy.http")
@@ -90,10 +90,11 @@ class HttpDoor:
         self._models_body = self._render_models()
         self._broken_logged_at = 0.0
         # The non-OpenAI APIs, each translating to and from chat completions.
+        self.responses = ResponsesApi(self)
         self.foreign: dict[str, ForeignApi] = {
             "/v1/messages": MessagesApi(self),
             "/v1/messages/count_tokens": CountTokensApi(self),
-            "/v1/responses": ResponsesApi(self),
+            "/v1/responses": self.responses,
         }
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -127,6 +128,8 @@ class HttpDoor:
                 await self._inference(scope, proto, endpoint, request_id, started)
             elif path in self.foreign:
                 await self.foreign[path](scope, proto, request_id, started)
+            elif path.startswith(STORED_PREFIX):
+                await self.responses.stored(scope, proto, request_id, started)
             elif method == "GET" or method == "HEAD":
                 self._get(scope, proto, path, request_id, started)
             elif path in ("/v1/models", "/health", "/ready") or path.startswith("/v1/models/"):

@@ -9,12 +9,15 @@ holds the earlier response. Any other deployment gets a stateless chat completio
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+from granian.rsgi import Scope
 
-from ..calls import MAX_MODEL_NAME, Call, Headers, Reply
+from ..calls import MAX_MODEL_NAME, Call, Headers, Outcome, Reply, shown
 from ..config import speaks_responses
 from ..errors import GatewayError
 from ..providers.responses import response_head_decoder
@@ -31,6 +34,8 @@ _encoder = msgspec.json.Encoder()
 # Response ids remembered (oldest forgotten first); a follow-up to a forgotten one goes
 # where its `model` says.
 MAX_REMEMBERED = 100_000
+STORED_PREFIX = "/v1/responses/"
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
 class ResponsesHead(msgspec.Struct):
@@ -60,6 +65,9 @@ class ResponseOwners:
 
     def owner(self, response_id: str) -> str | None:
         return self._owners.get(response_id)
+
+    def forget(self, response_id: str) -> None:
+        self._owners.pop(response_id, None)
 
 
 class _IdWatch:
@@ -178,6 +186,64 @@ class ResponsesApi(ForeignApi):
 
     def error_body(self, exc: GatewayError) -> bytes:
         return exc.body()
+
+    async def stored(
+        self, scope: Scope, proto: HTTPProtocol, request_id: str, started: float
+    ) -> None:
+        """`GET` / `DELETE /v1/responses/{id}`: asked of the deployment that gave the response."""
+        try:
+            method = scope.method
+            if method not in ("GET", "DELETE"):
+                raise GatewayError(
+                    405,
+                    f"method {method} not allowed on {shown(scope.path)}; use GET or DELETE",
+                    headers=[("allow", "GET, DELETE")],
+                )
+            response_id = scope.path[len(STORED_PREFIX) :]
+            model = self.owners.owner(response_id) if _RESPONSE_ID.fullmatch(response_id) else None
+            if model is None:
+                raise GatewayError(
+                    404,
+                    f"Response with id '{shown(response_id, 100)}' not found: this gateway "
+                    "worker did not pass it on (or has forgotten it)",
+                    code="response_not_found",
+                )
+            call = Call(
+                request_id,
+                "http",
+                "chat",
+                b"",
+                model,
+                headers=scope.headers,
+                started=started,
+                wire="responses",
+                passthrough=True,
+            )
+            try:
+                provider = await self.pipeline.admit(call)
+                deployment = call.deployment
+                stored = getattr(provider, "stored_response", None)
+                if deployment is None or stored is None or not self.native(call):
+                    raise GatewayError(404, f"model `{model}` does not keep responses")
+                reply: Reply = await stored(call, deployment, method, response_id)
+            except BaseException as exc:
+                if isinstance(exc, GatewayError):
+                    self.pipeline.ended(call, Outcome(exc.status, exc.type, exc.message))
+                else:
+                    self.pipeline.ended(call, Outcome(500, "internal_error", type(exc).__name__))
+                raise
+            self.pipeline.ended(call, Outcome(200))
+            if method == "DELETE":
+                self.owners.forget(response_id)
+            headers = [
+                ("content-type", "application/json"),
+                ("x-request-id", request_id),
+                ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
+                *reply.headers,
+            ]
+            proto.response_bytes(200, headers, reply.body)
+        except GatewayError as exc:
+            self.error_response(proto, exc, request_id, started)
 
     def error_event(self, exc: GatewayError) -> bytes:
         error = {"type": "error", "code": exc.code, "message": exc.message, "param": exc.param}

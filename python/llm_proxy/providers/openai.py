@@ -46,7 +46,31 @@ class OpenAICompatible:
         self.stream_headers = {**headers, "accept": "text/event-stream"}
         # Responses API calls are passed through when the upstream serves that API.
         self.responses_api = speaks_responses(config)
-        self.responses_url = self.base_url + "/responses"
+        self.responses_url = self._responses_url()
+
+    def _responses_url(self) -> str:
+        return self.base_url + "/responses"
+
+    async def stored_response(
+        self, call: Call, deployment: Deployment, method: str, response_id: str
+    ) -> Reply:
+        """GET or DELETE of a response the upstream keeps (`response_id` is URL-safe)."""
+        timeout = upstream_timeout(call, self.config.timeout_s)
+        started = time.perf_counter()
+        try:
+            resp = await self.client.post(
+                f"{self.responses_url}/{response_id}",
+                self.headers,
+                b"",
+                timeout,
+                call.trace_headers,
+                method=method,
+            )
+        finally:
+            call.upstream_s += time.perf_counter() - started
+        if resp.status != 200:
+            raise upstream_error(resp, self.name)
+        return Reply(resp.body, 200, passed_headers(resp.headers))
 
     def native(self, call: Call) -> bool:
         return call.wire == "responses" and self.responses_api
@@ -134,6 +158,9 @@ class OpenAICompatible:
 class Azure(OpenAICompatible):
     """Azure OpenAI: deployment in the URL, `api-version` query, `api-key` header."""
 
+    def _responses_url(self) -> str:
+        return f"{self.base_url}/openai/v1/responses"
+
     def _auth_headers(self) -> dict[str, str]:
         assert isinstance(self.config, AzureProvider)
         return {"api-key": self.config.api_key} if self.config.api_key else {}
@@ -141,7 +168,7 @@ class Azure(OpenAICompatible):
     def url(self, call: Call, deployment: Deployment) -> str:
         assert isinstance(self.config, AzureProvider)
         if self.native(call):
-            return f"{self.base_url}/openai/v1/responses"
+            return self.responses_url
         return (
             f"{self.base_url}/openai/deployments/{deployment.model}{_PATHS[call.endpoint]}"
             f"?api-version={self.config.api_version}"

@@ -86,6 +86,7 @@ class Anthropic:
         )
         self.url = config.base_url.rstrip("/") + "/v1/messages"
         self.count_url = self.url + "/count_tokens"
+        self._header_sets: dict[tuple[str, str], dict[str, str]] = {}
         headers = {
             "content-type": "application/json",
             "anthropic-version": config.anthropic_version,
@@ -110,16 +111,26 @@ class Anthropic:
         return _encoder.encode(data)
 
     def _native_headers(self, call: Call) -> dict[str, str]:
-        """The provider's headers, with the client's `anthropic-beta` and `-version`."""
-        headers = self.headers
+        """The provider's headers, with the client's `anthropic-beta` and `-version`.
+
+        One dict per combination, kept: the upstream client pre-encodes a request head per
+        header dict, so a new dict per request would cost a new head each time.
+        """
         beta = call.headers.get("anthropic-beta")
         version = call.headers.get("anthropic-version")
-        if beta or version:
-            headers = dict(headers)
+        if not beta and not version:
+            return self.headers
+        key = (str(beta) if beta else "", str(version) if version else "")
+        headers = self._header_sets.get(key)
+        if headers is None:
+            if len(self._header_sets) >= 64:
+                self._header_sets.clear()
+            headers = dict(self.headers)
             if beta:
-                headers["anthropic-beta"] = str(beta)
+                headers["anthropic-beta"] = key[0]
             if version:
-                headers["anthropic-version"] = str(version)
+                headers["anthropic-version"] = key[1]
+            self._header_sets[key] = headers
         return headers
 
     async def _native(self, call: Call, deployment: Deployment, url: str) -> UpstreamResponse:
