@@ -261,6 +261,46 @@ def test_images_and_thinking_are_translated_for_an_openai_upstream(
     assert "reasoning_effort" not in mock_upstream.last()["body"]
 
 
+def test_images_in_a_tool_result_follow_its_tool_message(
+    gw: Gateway, mock_upstream: MockUpstream
+) -> None:
+    png = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+    client(gw).messages.create(
+        model="gpt-4o-mini",
+        max_tokens=32,
+        tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "Show me the radar"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {}}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_9",
+                        "content": [
+                            {"type": "text", "text": "Radar attached"},
+                            {"type": "image", "source": png},
+                        ],
+                    }
+                ],
+            },
+        ],
+    )
+    messages = mock_upstream.last()["body"]["messages"]
+    assert messages[2] == {"role": "tool", "tool_call_id": "toolu_9", "content": "Radar attached"}
+    url = "data:image/png;base64,iVBORw0KGgo="
+    assert messages[3] == {
+        "role": "user",
+        "content": [{"type": "image_url", "image_url": {"url": url}}],
+    }
+
+
 # -- passthrough to an Anthropic deployment -----------------------------------------------
 
 

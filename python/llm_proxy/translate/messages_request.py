@@ -111,7 +111,13 @@ def _user(content: list[Any], where: str, out: list[dict[str, Any]]) -> None:
     for j, block in enumerate(content):
         at = f"{where}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text":
+        if kind == "tool_result":
+            # Tool results answer the assistant's calls, so they come first, as tool messages;
+            # a chat tool message holds text only, so a result's images follow as user parts.
+            message, images = _tool_message(block, at)
+            out.append(message)
+            parts.extend(images)
+        elif kind == "text":
             if not isinstance(block.get("text"), str):
                 raise TranslationError(f"{at}.text: must be a string")
             parts.append({"type": "text", "text": block["text"]})
@@ -119,9 +125,6 @@ def _user(content: list[Any], where: str, out: list[dict[str, Any]]) -> None:
             parts.append({"type": "image_url", "image_url": {"url": _image_url(block, at)}})
         elif kind == "document":
             parts.append(_document(block, at))
-        elif kind == "tool_result":
-            # Tool results answer the assistant's calls, so they come first, as tool messages.
-            out.append(_tool_message(block, at))
         else:
             raise TranslationError(f"{at}: content block type {kind!r} cannot be translated")
     if not parts:
@@ -160,15 +163,30 @@ def _document(block: dict[str, Any], at: str) -> dict[str, Any]:
     raise TranslationError(f"{at}.source: only base64 PDF and text documents can be translated")
 
 
-def _tool_message(block: dict[str, Any], at: str) -> dict[str, Any]:
+def _tool_message(block: dict[str, Any], at: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The tool message for a tool_result block, and the image parts it carried."""
     tool_use_id = block.get("tool_use_id")
     if not isinstance(tool_use_id, str):
         raise TranslationError(f"{at}.tool_use_id: required")
     content = block.get("content")
-    text = "" if content is None else _text_of(content, f"{at}.content")
+    images: list[dict[str, Any]] = []
+    if isinstance(content, list):
+        texts = []
+        for k, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image":
+                url = _image_url(part, f"{at}.content.{k}")
+                images.append({"type": "image_url", "image_url": {"url": url}})
+            elif kind == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                raise TranslationError(f"{at}.content.{k}: only text and images can be translated")
+        text = "\n\n".join(texts)
+    else:
+        text = "" if content is None else _text_of(content, f"{at}.content")
     if block.get("is_error") is True:
         text = "Error: " + text
-    return {"role": "tool", "tool_call_id": tool_use_id, "content": text}
+    return {"role": "tool", "tool_call_id": tool_use_id, "content": text}, images
 
 
 def _assistant(content: list[Any], where: str, out: list[dict[str, Any]]) -> None:
