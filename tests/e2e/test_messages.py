@@ -8,6 +8,7 @@ client's body passes through but for the model name).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -535,3 +536,27 @@ def test_passthrough_answers_bypass_the_cache(cached_gw: Gateway) -> None:
             model="claude", max_tokens=40, messages=user("Not cached")
         )
         assert raw.headers["x-llm-proxy-cache"] == "bypass"
+
+
+# -- the stream's lifecycle ---------------------------------------------------------------
+
+
+def test_client_leaving_mid_stream_closes_the_upstream_and_is_logged_499(
+    gw_log: tuple[Gateway, Path], mock_upstream: MockUpstream
+) -> None:
+    gw, tmp = gw_log
+    before = mock_upstream.stats()["streams_aborted"]
+    body = {"model": "updrip", "max_tokens": 500, "messages": user("Long story"), "stream": True}
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream("POST", gw.url + "/v1/messages", json=body) as resp,
+    ):
+        request_id = resp.headers["x-request-id"]
+        lines = resp.iter_lines()
+        assert next(line for line in lines if line.startswith("event:")) == "event: message_start"
+    # ~2 s of stream were left: the gateway drops the upstream now, and records the client's exit.
+    deadline = time.monotonic() + 3
+    while mock_upstream.stats()["streams_aborted"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mock_upstream.stats()["streams_aborted"] > before
+    assert record_of(tmp / "log.db", request_id)["status"] == 499
