@@ -41,6 +41,7 @@ def gw_log(
     tmp = tmp_path_factory.mktemp("messages")
     config = logging_config(mock_upstream, tmp)
     config["models"]["reasoner"] = {"provider": "up", "model": "o3-mini"}
+    config["models"]["llama"] = {"provider": "up", "model": "llama-3.1-8b-instruct"}
     gw = start_gateway(config, tmp)
     yield gw, tmp
     gw.stop()
@@ -377,6 +378,14 @@ def test_count_tokens_is_exact_and_offline_for_openai_models(gw: Gateway) -> Non
     )
     assert with_tools.headers["x-llm-proxy-token-count"] == "estimate"
     assert with_tools.parse().input_tokens > want
+
+
+def test_count_tokens_for_other_models_is_an_estimate(gw: Gateway) -> None:
+    raw = client(gw).messages.with_raw_response.count_tokens(
+        model="llama", messages=user("How many tokens is this?")
+    )
+    assert raw.headers["x-llm-proxy-token-count"] == "estimate"
+    assert raw.parse().input_tokens > 0
 
 
 def test_count_tokens_comes_from_the_upstream_for_anthropic_models(
