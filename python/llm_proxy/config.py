@@ -51,12 +51,27 @@ class OpenAIProvider(_ProviderBase, tag="openai", kw_only=True):
     base_url: str = "https://api.openai.com/v1"
     api_key: str | None = None
     organization: str | None = None
+    # Whether the upstream serves OpenAI's Responses API itself (`/v1/responses` is passed
+    # through); unset: true for OpenAI's own base URL, false for other servers (vLLM, ...).
+    responses_api: bool | None = None
+
+
+def speaks_responses(provider: object) -> bool:
+    """Whether a provider serves the Responses API itself (Azure does; OpenAI's own URL does)."""
+    if isinstance(provider, AzureProvider):
+        return provider.responses_api is not False
+    if isinstance(provider, OpenAIProvider):
+        if provider.responses_api is not None:
+            return provider.responses_api
+        return provider.base_url.rstrip("/").startswith("https://api.openai.com")
+    return False
 
 
 class AzureProvider(_ProviderBase, tag="azure", kw_only=True):
     base_url: str
     api_key: str | None = None
     api_version: str = "2024-10-21"
+    responses_api: bool | None = None
 
 
 class AnthropicProvider(_ProviderBase, tag="anthropic", kw_only=True):

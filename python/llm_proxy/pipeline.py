@@ -234,6 +234,11 @@ class Pipeline:
         assert deployment is not None, "the route stage sets the deployment"
         return self.providers[deployment.provider]
 
+    async def admit(self, call: Call) -> Provider:
+        """Admission alone, for a call answered without the upstream step (a token count);
+        the caller records it with `ended`."""
+        return await self._admit(call)
+
     async def complete(self, call: Call) -> Reply:
         """A whole answer."""
         try:

@@ -166,7 +166,8 @@ class ResponseCache:
         return base + "|key:" + digest
 
     async def _find(self, call: Call) -> tuple[CacheTicket | None, CacheEntry | None]:
-        if call.endpoint not in self.endpoints:
+        # A passthrough answer is not in OpenAI's format, which entries and replay assume.
+        if call.endpoint not in self.endpoints or call.passthrough:
             call.cache_status = "bypass"
             self.stats.bypasses += 1
             return None, None

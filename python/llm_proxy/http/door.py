@@ -20,6 +20,9 @@ from ..config import Config
 from ..errors import GatewayError
 from ..keys.stage import Authenticate, key_info
 from ..pipeline import Pipeline, PipelineStream
+from .foreign import ForeignApi
+from .messages import CountTokensApi, MessagesApi
+from .responses import STORED_PREFIX, ResponsesApi
 from .watch import RequestWatch
 
 log = logging.getLogger("llm_proxy.http")
@@ -93,6 +96,13 @@ class HttpDoor:
         self.watch = RequestWatch(config.server.body_timeout_s)
         self._models_body = self._render_models()
         self._broken_logged_at = 0.0
+        # The non-OpenAI APIs, each translating to and from chat completions.
+        self.responses = ResponsesApi(self)
+        self.foreign: dict[str, ForeignApi] = {
+            "/v1/messages": MessagesApi(self),
+            "/v1/messages/count_tokens": CountTokensApi(self),
+            "/v1/responses": self.responses,
+        }
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the per-worker request watch (inside the worker, on its loop)."""
@@ -123,6 +133,10 @@ class HttpDoor:
                         headers=[("allow", "POST")],
                     )
                 await self._inference(scope, proto, endpoint, request_id, started)
+            elif path in self.foreign:
+                await self.foreign[path](scope, proto, request_id, started)
+            elif path.startswith(STORED_PREFIX):
+                await self.responses.stored(scope, proto, request_id, started)
             elif method == "GET" or method == "HEAD":
                 self._get(scope, proto, path, request_id, started)
             elif path in ("/v1/models", "/health", "/ready") or path.startswith("/v1/models/"):
