@@ -2,8 +2,8 @@
 //! modules below, which `cargo test` exercises without an interpreter.
 
 pub mod cache_key;
-pub mod logwriter;
 pub mod grpc;
+pub mod logwriter;
 pub mod sse;
 pub mod tokens;
 
