@@ -973,3 +973,15 @@ def test_a_gzip_compressed_request_is_answered(gw: Gateway) -> None:
         assert reply.choices[0].message.content
         messages = list(stub.StreamChatCompletion(stream_req(text="squeeze " * 200), timeout=10))
         assert messages[-1].HasField("usage")
+
+
+def test_json_nested_thousands_deep_is_invalid_argument(stub: pb_grpc.GatewayStub) -> None:
+    deep = "{" + '"a":[' * 3000 + "1" + "]" * 3000 + "}"
+    error = rpc_error(stub.ChatCompletion, chat(extra_json=deep), timeout=10)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Traceback" not in error.details()
+
+
+def test_a_model_name_holding_nul_is_answered_not_found(stub: pb_grpc.GatewayStub) -> None:
+    error = rpc_error(stub.ChatCompletion, chat("gpt\u0000x"), timeout=10)
+    assert error.code() == grpc.StatusCode.NOT_FOUND
