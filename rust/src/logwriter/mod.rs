@@ -546,7 +546,7 @@ impl Worker {
             .fetch_add(1, Ordering::Relaxed)
             + 1;
         let stored = self.dead.append(line, error);
-        if count <= 10 || count % 1000 == 0 || stored.is_err() {
+        if count <= 10 || count.is_multiple_of(1000) || stored.is_err() {
             let place = match &stored {
                 Ok(()) => format!("set aside in {}", self.dead.path.display()),
                 Err(e) => format!(
