@@ -72,6 +72,7 @@ def test_record_carries_every_figure_of_the_call() -> None:
         "prompt": None,
         "completion": None,
         "tool_calls": None,
+        "attempts": None,
     }
     # A plain call leaves the optional fields at their defaults.
     plain = Call(request_id="r3", door="http", endpoint="chat", body=b"{}", model="nowhere")

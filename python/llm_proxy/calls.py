@@ -24,6 +24,7 @@ from .wire.openai import (
 
 if TYPE_CHECKING:
     from .observe.tracing import CallSpan
+    from .routing.attempts import RouteState
 
 __all__ = ["PromptTokensDetails", "ResponseHead", "Usage"]
 
@@ -95,6 +96,8 @@ class Call:
     trace_headers: list[tuple[str, str]] | None = None
     # The call's trace span, when tracing is on and the call is sampled.
     span: CallSpan | None = None
+    # A model group's routing (attempts, fallback); None for a one-deployment model.
+    routing: RouteState | None = None
 
     def remaining_s(self, limit: float) -> float:
         """The time the upstream may take: the provider's limit, bounded by the deadline."""

@@ -63,9 +63,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
     print(f"config OK: {len(config.providers)} provider(s), {len(config.models)} model(s)")
     for name, model in config.models.items():
-        kind = config.providers[model.provider].__struct_config__.tag
-        print(f"  {name:<28} -> {model.provider} ({kind}) {model.model}")
+        for d in model.routes():
+            kind = config.providers[d.provider].__struct_config__.tag
+            print(f"  {name:<28} -> {d.provider} ({kind}) {d.model}")
     return 0
+
+
+def cmd_deployments(args: argparse.Namespace) -> int:
+    from .routing.status import deployments_command
+
+    return deployments_command(args.url, args.json)
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
@@ -103,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     logstore_cli.add_arguments(logs, stats)
     logs.set_defaults(func=logstore_cli.logs_command)
     stats.set_defaults(func=logstore_cli.stats_command)
+
+    deployments = sub.add_parser(
+        "deployments", help="each model group's deployments: breaker, in-flight, latency, errors"
+    )
+    deployments.add_argument(
+        "--url", default="http://127.0.0.1:8080", help="the gateway's admin listener"
+    )
+    deployments.add_argument("--json", action="store_true", help="print the JSON as served")
+    deployments.set_defaults(func=cmd_deployments)
 
     cap = sub.add_parser("capacity", help="cores (workers) needed for a load, from a bench result")
     capacity.add_arguments(cap)

@@ -69,7 +69,7 @@ class CallRecorder:
         if not self._started:
             self._started = True
             self._loop = asyncio.get_running_loop()
-            load_encodings(model.model for model in self.config.models.values())
+            load_encodings(d.model for m in self.config.models.values() for d in m.routes())
             self.writer.start()
 
     async def close(self) -> None:
@@ -125,6 +125,11 @@ class CallRecorder:
                 log.exception("could not build the log record of %s", call.request_id)
                 continue
             records.append(record)
+            if call.routing is not None:
+                try:
+                    self.prometheus.observe_route(call.model, call.routing)
+                except Exception:
+                    log.exception("could not count the attempts of %s", call.request_id)
             if writer is not None:
                 writer.submit((record, call, outcome, auth))
         try:
