@@ -46,7 +46,13 @@ def test_the_one_deployment_form_is_unchanged_and_not_routed() -> None:
         ({"g": {"deployments": [{"provider": "nope", "model": "x"}]}}, "$.models.g.deployments[0]"),
         ({"g": {"provider": "a"}}, "$.models.g"),
         (
-            {"g": {"provider": "a", "model": "x", "deployments": [{"provider": "a", "model": "x"}]}},
+            {
+                "g": {
+                    "provider": "a",
+                    "model": "x",
+                    "deployments": [{"provider": "a", "model": "x"}],
+                }
+            },
             "$.models.g",
         ),
         (

@@ -13,11 +13,9 @@ shared machine). Routing's cost is `group3 - single`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
 import uvloop
-
 from llm_proxy.calls import decode_call
 from llm_proxy.config import parse_config
 from llm_proxy.pipeline import Pipeline
