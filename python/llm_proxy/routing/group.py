@@ -35,6 +35,7 @@ class DeploymentState:
         "inflight",
         "last_failure",
         "limit",
+        "owner",
         "price",
         "provider",
         "weight",
@@ -58,6 +59,7 @@ class DeploymentState:
         else:
             self.price = _INF
         self.breaker = Breaker(model.breaker)
+        self.owner: ModelGroup | None = None  # set by the group, which counts open breakers
         self.inflight = 0
         self.ewma_ttfb_s = 0.0
         self.ewma_total_s = 0.0
@@ -75,7 +77,13 @@ class DeploymentState:
         return self.limit is None or self.inflight < self.limit
 
     def succeeded(self, now: float, ttfb_s: float, total_s: float) -> None:
-        self.breaker.success(now)
+        breaker = self.breaker
+        if breaker.opened:
+            breaker.success(now)
+            if not breaker.opened and self.owner is not None:
+                self.owner.open_breakers -= 1
+        else:
+            breaker.success(now)
         if self.ewma_total_s == 0.0:
             self.ewma_ttfb_s, self.ewma_total_s = ttfb_s, total_s
         else:
@@ -88,10 +96,14 @@ class DeploymentState:
         self.failures += 1
         self.last_failure = now
         self.errors.append((time.time(), status, kind, message[:200]))
+        breaker = self.breaker
         if kind in ("rate_limit", "unavailable", "timeout"):
-            self.breaker.failure(now, retry_after if status == 429 else None)
+            was_open = breaker.opened
+            breaker.failure(now, retry_after if status == 429 else None)
+            if breaker.opened and not was_open and self.owner is not None:
+                self.owner.open_breakers += 1
         else:
-            self.breaker.released()
+            breaker.released()
 
     def score(self, stream: bool) -> float:
         """The latency strategy's figure: EWMA time (to the first byte for streams), scaled by
@@ -109,6 +121,12 @@ class ModelGroup:
         self.deployments = [
             DeploymentState(name, d, providers[d.provider], config) for d in config.routes()
         ]
+        for d in self.deployments:
+            d.owner = self
+        # Deployments whose breaker is open or half-open: while none is and none has a
+        # concurrency limit, every deployment is a candidate and picking skips the checks.
+        self.open_breakers = 0
+        self.limited = any(d.limit is not None for d in self.deployments)
         self.retries = (
             config.retries if config.retries is not None else 2 if config.deployments else 0
         )
@@ -141,6 +159,8 @@ class ModelGroup:
         """The deployment for the next attempt: a healthy one not tried yet if there is one,
         else a healthy one, else the one that failed longest ago (never none at all)."""
         deployments = self.deployments
+        if not (tried or self.open_breakers or self.limited or need_tokens or session):
+            return deployments[0] if len(deployments) == 1 else self._choose(deployments, stream)
         candidates = self.ready(now, need_tokens)
         if tried and candidates:
             fresh = [d for d in candidates if d not in tried]

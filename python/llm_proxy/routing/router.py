@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
 from .. import _core
 from ..calls import Call, Deployment, EventStream, Reply
@@ -62,17 +63,17 @@ class Router:
                 if group.counts_tokens:
                     _check_context_window(call, route)
 
-    async def complete(self, call: Call) -> Reply:
+    def complete(self, call: Call) -> Awaitable[Reply]:
+        """A group's whole answer (the runner's coroutine, awaited by the pipeline)."""
         route = call.routing
         assert route is not None
-        reply: Reply = await run(call, route, attempt_whole)
-        return reply
+        return run(call, route, attempt_whole)
 
-    async def stream(self, call: Call) -> EventStream:
+    def stream(self, call: Call) -> Awaitable[EventStream]:
+        """A group's stream, its first event in hand."""
         route = call.routing
         assert route is not None
-        stream: EventStream = await run(call, route, attempt_stream)
-        return stream
+        return run(call, route, attempt_stream)
 
 
 def _client_deadline(call: Call, value: object) -> None:

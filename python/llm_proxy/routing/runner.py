@@ -53,7 +53,7 @@ async def run(
     retries_left = group.retries
     retry = 0
     tried: list[DeploymentState] = []
-    used = [route.asked, group]
+    used: list[ModelGroup] | None = None  # the models tried, once one attempt failed
     while True:
         now = time.monotonic()
         deployment = group.pick(tried, now, call.stream, session, route.need_tokens)
@@ -82,6 +82,8 @@ async def run(
                 await asyncio.sleep(wait)
                 call.upstream_s += wait  # waiting on the upstream, not the gateway's own time
             continue
+        if used is None:
+            used = [route.asked, group]
         target = _fallback(route, kind, used) if kind is not None else None
         if target is None or (call.deadline is not None and time.monotonic() >= call.deadline):
             exc.headers = [*exc.headers, *route.headers(deployment.id)]
