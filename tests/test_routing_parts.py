@@ -144,3 +144,40 @@ def test_the_admin_view_shows_each_deployment() -> None:
     assert second["breaker"] in ("open", "half_open") and second["failures"] == 1
     assert second["recent_errors"][0]["status"] == 429
     assert "second" in render(state)
+
+
+def test_a_deployment_past_its_rpm_or_tpm_is_skipped_while_another_has_room() -> None:
+    config = parse_config(
+        {
+            "providers": PROVIDERS,
+            "models": {
+                "g": {
+                    "strategy": "cost",
+                    "deployments": [
+                        {
+                            "provider": "a",
+                            "model": "m",
+                            "name": "cheap",
+                            "rpm": 2,
+                            "tpm": 100,
+                            "price": {"input": 1, "output": 1},
+                        },
+                        {
+                            "provider": "b",
+                            "model": "m",
+                            "name": "dear",
+                            "price": {"input": 9, "output": 9},
+                        },
+                    ],
+                }
+            },
+        }
+    )
+    group = Pipeline(config).router.groups["g"]
+    cheap = group.deployments[0]
+    assert [group.pick([], 10.0, False).id for _ in range(4)] == ["cheap", "cheap", "dear", "dear"]
+    assert [group.pick([], 70.0, False).id for _ in range(1)] == ["cheap"]  # a new minute
+    cheap.count_tokens(150)
+    assert group.pick([], 71.0, False).id == "dear"
+    state = deployments_state(Pipeline(config).router)["data"][0]["deployments"][0]
+    assert (state["rpm"], state["tpm"]) == (2, 100)

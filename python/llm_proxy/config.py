@@ -83,6 +83,10 @@ class DeploymentConfig(_Section):
     context_window: int | None = None
     # Calls in flight at most; a deployment at its limit is skipped while others have room.
     max_concurrency: int | None = None
+    # Requests and tokens (prompt + completion) a minute, counted by this worker; a
+    # deployment past either is skipped while others have room.
+    rpm: int | None = None
+    tpm: int | None = None
     # USD per million tokens, for the `cost` strategy; the shipped model table's when not set.
     price: Price | None = None
 
@@ -93,6 +97,8 @@ class DeploymentConfig(_Section):
             raise ValueError("context_window must be positive")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError("max_concurrency must be positive")
+        if (self.rpm is not None and self.rpm < 1) or (self.tpm is not None and self.tpm < 1):
+            raise ValueError("rpm and tpm must be positive")
 
 
 FallbackReason = Literal["rate_limit", "unavailable", "timeout", "context_window", "content_policy"]

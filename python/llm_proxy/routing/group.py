@@ -35,9 +35,15 @@ class DeploymentState:
         "inflight",
         "last_failure",
         "limit",
+        "metered",
+        "minute_requests",
+        "minute_started",
+        "minute_tokens",
         "owner",
         "price",
         "provider",
+        "rpm",
+        "tpm",
         "weight",
     )
 
@@ -50,6 +56,10 @@ class DeploymentState:
         self.provider = provider
         self.weight = config.weight
         self.limit = config.max_concurrency
+        self.rpm, self.tpm = config.rpm, config.tpm
+        self.metered = config.rpm is not None or config.tpm is not None
+        self.minute_started = 0.0  # the start of the current minute of counting
+        self.minute_requests = self.minute_tokens = 0
         facts = model_facts(config.model)
         self.context_window = config.context_window or (facts.context_window if facts else None)
         if config.price is not None:
@@ -74,7 +84,24 @@ class DeploymentState:
         breaker = self.breaker
         if breaker.opened and not breaker.available(now):
             return False
-        return self.limit is None or self.inflight < self.limit
+        if self.limit is not None and self.inflight >= self.limit:
+            return False
+        if self.metered:
+            if now - self.minute_started >= 60.0:
+                self.minute_started, self.minute_requests, self.minute_tokens = now, 0, 0
+            if self.rpm is not None and self.minute_requests >= self.rpm:
+                return False
+            if self.tpm is not None and self.minute_tokens >= self.tpm:
+                return False
+        return True
+
+    def count_request(self, now: float) -> None:
+        if now - self.minute_started >= 60.0:
+            self.minute_started, self.minute_requests, self.minute_tokens = now, 0, 0
+        self.minute_requests += 1
+
+    def count_tokens(self, tokens: int) -> None:
+        self.minute_tokens += tokens
 
     def succeeded(self, now: float, ttfb_s: float, total_s: float) -> None:
         breaker = self.breaker
@@ -124,9 +151,10 @@ class ModelGroup:
         for d in self.deployments:
             d.owner = self
         # Deployments whose breaker is open or half-open: while none is and none has a
-        # concurrency limit, every deployment is a candidate and picking skips the checks.
+        # limit (concurrency, rpm, tpm), every deployment is a candidate and picking skips
+        # the checks.
         self.open_breakers = 0
-        self.limited = any(d.limit is not None for d in self.deployments)
+        self.limited = any(d.limit is not None or d.metered for d in self.deployments)
         self.retries = (
             config.retries if config.retries is not None else 2 if config.deployments else 0
         )
@@ -181,6 +209,8 @@ class ModelGroup:
         else:
             chosen = self._choose(candidates, stream)
         chosen.breaker.picked(now)
+        if chosen.metered:
+            chosen.count_request(now)
         return chosen
 
     def _choose(self, candidates: list[DeploymentState], stream: bool) -> DeploymentState:

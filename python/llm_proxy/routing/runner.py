@@ -119,6 +119,8 @@ async def attempt_whole(call: Call, deployment: DeploymentState, route: RouteSta
         deployment.inflight -= 1
     took = time.perf_counter() - started
     deployment.succeeded(time.monotonic(), took, took)
+    if deployment.metered and reply.usage is not None:
+        deployment.count_tokens(reply.usage.prompt_tokens + reply.usage.completion_tokens)
     route.attempts.append(Attempt(deployment.id, reply.status, took * 1000.0, None, route.fallback))
     reply.headers = [*reply.headers, *route.headers(deployment.id)]
     return reply
@@ -230,6 +232,10 @@ class RoutedStream:
         if ok:
             total = time.perf_counter() - self._started
             deployment.succeeded(time.monotonic(), self._ttfb_s, total)
+        if deployment.metered:
+            summary = self._inner.summary()
+            if summary is not None:
+                deployment.count_tokens(summary.prompt_tokens + summary.completion_tokens)
         else:
             deployment.breaker.released()
 
