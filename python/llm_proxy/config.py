@@ -139,6 +139,9 @@ class HealthCheckConfig(_Section):
 
     interval_s: float = 60.0
     timeout_s: float = 10.0
+    # With several instances: one probes at a time (a Redis lock) and all apply its results.
+    redis_url: str | None = None
+    key_prefix: str = "llm-proxy:health:"
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.timeout_s <= 0:
@@ -195,6 +198,7 @@ class ModelConfig(_Section):
             or bool(self.fallbacks)
             or bool(self.retries)
             or self.timeout_s is not None
+            or self.health_check is not None
         )
 
 

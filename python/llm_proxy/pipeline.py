@@ -160,6 +160,7 @@ class Pipeline:
     async def start(self) -> None:
         for provider in self.providers.values():
             await provider.start()
+        await self.router.start()
         if self.cache is not None:
             await self.cache.start()
         self.tracer = build_tracer(self.config)
@@ -167,6 +168,7 @@ class Pipeline:
 
     async def close(self) -> None:
         self.ready = False
+        await self.router.close()
         if self.cache is not None:
             await self.cache.close()
         for provider in self.providers.values():

@@ -12,6 +12,7 @@ from ..errors import GatewayError, bad_request, model_not_found
 from ..providers import Provider
 from .attempts import RouteState
 from .group import ModelGroup
+from .health import HealthProbes
 from .runner import attempt_stream, attempt_whole, run
 
 
@@ -25,6 +26,7 @@ class Router:
     def __init__(self, config: Config, providers: dict[str, Provider]) -> None:
         self._deployments: dict[str, Deployment] = {}
         self.groups: dict[str, ModelGroup] = {}
+        self.probes: HealthProbes | None = None
         for name, model in config.models.items():
             self._deployments[name] = Deployment(name, model.provider, model.model)
             if model.grouped:
@@ -44,6 +46,18 @@ class Router:
         if group is None:
             group = self.groups[name] = ModelGroup(name, config.models[name], providers)
         return group
+
+    async def start(self) -> None:
+        """Start the active health probes, if a group has `health_check` (inside the worker)."""
+        groups = [g for g in self.groups.values() if g.config.health_check is not None]
+        if groups:
+            self.probes = HealthProbes(groups)
+            await self.probes.start()
+
+    async def close(self) -> None:
+        if self.probes is not None:
+            probes, self.probes = self.probes, None
+            await probes.close()
 
     def names(self) -> list[str]:
         return list(self._deployments)
