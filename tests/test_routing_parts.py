@@ -181,3 +181,44 @@ def test_a_deployment_past_its_rpm_or_tpm_is_skipped_while_another_has_room() ->
     assert group.pick([], 71.0, False).id == "dear"
     state = deployments_state(Pipeline(config).router)["data"][0]["deployments"][0]
     assert (state["rpm"], state["tpm"]) == (2, 100)
+
+
+def test_the_deployments_command_prints_the_admin_view(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import http.server
+    import threading
+
+    from llm_proxy.cli import main
+
+    state = deployments_state(Pipeline(parse_config(group_config())).router)
+    seen: list[str | None] = []
+
+    class Admin(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("authorization"))
+            ok = self.path == "/admin/v1/deployments"
+            body = json.dumps(state).encode() if ok else b"{}"
+            self.send_response(200 if ok else 404)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Admin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert main(["deployments", "--url", url, "--admin-key", "adm-1"]) == 0
+        out = capsys.readouterr().out
+        assert "a/mock-1" in out and "second" in out and "closed" in out
+        assert seen == ["Bearer adm-1"]
+        assert main(["deployments", "--url", url, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == state
+        assert main(["deployments", "--url", url + "/nowhere"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -72,7 +72,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_deployments(args: argparse.Namespace) -> int:
     from .routing.status import deployments_command
 
-    return deployments_command(args.url, args.json)
+    key = args.admin_key or os.environ.get("LLM_PROXY_ADMIN_KEY")
+    return deployments_command(args.url, key, args.json)
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
@@ -115,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         "deployments", help="each model group's deployments: breaker, in-flight, latency, errors"
     )
     deployments.add_argument(
-        "--url", default="http://127.0.0.1:8080", help="the gateway's admin listener"
+        "--url", default="http://127.0.0.1:8081", help="the gateway's admin listener"
+    )
+    deployments.add_argument(
+        "--admin-key", help="the admin key (default: the LLM_PROXY_ADMIN_KEY variable)"
     )
     deployments.add_argument("--json", action="store_true", help="print the JSON as served")
     deployments.set_defaults(func=cmd_deployments)

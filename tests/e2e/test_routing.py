@@ -162,15 +162,20 @@ class Doors:
         stream: bool = False,
         text: str = PROMPT,
         timeout: float | None = None,
+        session: str | None = None,
     ) -> Answer:
         model = f"{model}-{door}"
+        extra = {"x-llm-proxy-session": session} if session else {}
         if door == "http":
-            return self._http(model, stream, text, timeout)
-        return self._grpc(model, stream, text, timeout)
+            return self._http(model, stream, text, timeout, extra)
+        return self._grpc(model, stream, text, timeout, extra)
 
-    def _http(self, model: str, stream: bool, text: str, timeout: float | None) -> Answer:
+    def _http(
+        self, model: str, stream: bool, text: str, timeout: float | None, extra: dict[str, str]
+    ) -> Answer:
         messages: Any = [{"role": "user", "content": text}]
-        extra = {"x-llm-proxy-timeout": str(timeout)} if timeout else None
+        if timeout:
+            extra = {**extra, "x-llm-proxy-timeout": str(timeout)}
         chat = self.client.chat.completions.with_raw_response
         try:
             raw = chat.create(model=model, messages=messages, stream=stream, extra_headers=extra)
@@ -197,13 +202,18 @@ class Doors:
                 answer.text += choice.get("delta", {}).get("content") or ""
         return answer
 
-    def _grpc(self, model: str, stream: bool, text: str, timeout: float | None) -> Answer:
+    def _grpc(
+        self, model: str, stream: bool, text: str, timeout: float | None, extra: dict[str, str]
+    ) -> Answer:
         messages = [pb.ChatMessage(role="user", content=text)]
         wait = timeout or 10
+        metadata = list(extra.items())
         if not stream:
             try:
                 response, call = self.stub.ChatCompletion.with_call(
-                    pb.ChatCompletionRequest(model=model, messages=messages), timeout=wait
+                    pb.ChatCompletionRequest(model=model, messages=messages),
+                    timeout=wait,
+                    metadata=metadata,
                 )
             except grpc.RpcError as exc:
                 meta = {**dict(exc.initial_metadata() or ()), **dict(exc.trailing_metadata())}  # type: ignore[attr-defined]
@@ -216,7 +226,9 @@ class Doors:
                 request_id=headers["x-request-id"],
             )
         call = self.stub.StreamChatCompletion(
-            pb.StreamChatCompletionRequest(model=model, messages=messages), timeout=wait
+            pb.StreamChatCompletionRequest(model=model, messages=messages),
+            timeout=wait,
+            metadata=metadata,
         )
         answer = Answer({})
         try:
@@ -275,6 +287,17 @@ def test_weights_hold_over_a_thousand_calls(doors: Doors, door: str) -> None:
     # Weights 3:1: 750 expected; the standard deviation is 13.7, so +-60 is over 4 sigma.
     assert 690 <= counts["ok"] <= 810, counts
     assert all(a.headers["x-llm-proxy-attempts"] == "1" for a in answers)
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_a_session_keeps_to_one_deployment(doors: Doors, door: str) -> None:
+    seen = {}
+    for session in ("alice", "bob", "carol", "dave", "erin", "frank"):
+        answers = [doors.ask(door, "weighted", session=session) for _ in range(10)]
+        served = served_by(answers)
+        assert len(served) == 1, (session, served)
+        seen[session] = next(iter(served))
+    assert set(seen.values()) == {"ok", "ok2"}  # sessions spread over both deployments
 
 
 @pytest.mark.parametrize("door", DOORS)
@@ -413,3 +436,28 @@ def test_a_bad_client_timeout_is_a_400_in_openai_shape(gw: Gateway) -> None:
     )
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "x-llm-proxy-timeout"
+
+
+def test_metrics_count_attempts_retries_and_fallbacks_per_deployment(
+    gw: Gateway, doors: Doors
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    doors.ask("http", "retry")
+    doors.ask("http", "down")
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    attempts = "llm_proxy_route_attempts_total"
+    assert value(attempts, model="retry-http", deployment="fails", result="unavailable") >= 1
+    assert value(attempts, model="retry-http", deployment="ok", result="ok") >= 1
+    assert value("llm_proxy_route_retries_total", model="retry-http", deployment="ok") >= 1
+    fallbacks = "llm_proxy_route_fallbacks_total"
+    assert value(fallbacks, model="down-http", to="big-http", deployment="big") >= 1

@@ -76,7 +76,7 @@ def render(state: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def deployments_command(url: str, as_json: bool) -> int:
+def deployments_command(url: str, admin_key: str | None, as_json: bool) -> int:
     """`llm-proxy deployments`: the running gateway's admin view, as a table or JSON."""
     import json
     import sys
@@ -84,8 +84,11 @@ def deployments_command(url: str, as_json: bool) -> int:
     import urllib.request
 
     target = url.rstrip("/") + "/admin/v1/deployments"
+    request = urllib.request.Request(target)
+    if admin_key:
+        request.add_header("Authorization", f"Bearer {admin_key}")
     try:
-        with urllib.request.urlopen(target, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             state = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         print(f"llm-proxy: {target} answered {exc.code}", file=sys.stderr)
