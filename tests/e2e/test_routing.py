@@ -56,6 +56,7 @@ def routing_config(upstream: MockUpstream, tmp: Path) -> dict[str, Any]:
         "stuck": _provider(upstream, {"x-mock-delay-ms": "3000"}),
         "cut": _provider(upstream, {"x-mock-disconnect-after": "0"}),
         "broken": _provider(upstream, {"x-mock-disconnect-after": "3"}),
+        "flaky": _provider(upstream, {"x-mock-fail-ratio": "0.5"}),
         "nowhere": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
     }
     models: dict[str, Any] = {}
@@ -99,6 +100,9 @@ def routing_config(upstream: MockUpstream, tmp: Path) -> dict[str, Any]:
         }
         models[f"three-{door}"] = {
             "deployments": [_dep("ok"), _dep("ok2"), _dep("fails")],
+        }
+        models[f"flaky-{door}"] = {
+            "deployments": [_dep("ok"), _dep("ok2"), _dep("flaky")],
         }
         models[f"stuck-{door}"] = {
             "retries": 5,
@@ -340,6 +344,28 @@ def test_a_failing_deployment_among_three_costs_the_client_no_errors(
     # Its breaker opened after 5 failures in a row: later calls no longer try it.
     retried = [i for i, a in enumerate(answers) if a.headers["x-llm-proxy-attempts"] != "1"]
     assert 1 <= len(retried) <= 5, retried
+
+
+def test_the_mock_fails_the_share_of_requests_it_is_told(mock_upstream: MockUpstream) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=mock_upstream.url, timeout=5) as http:
+        statuses = Counter(
+            http.post(
+                "/v1/chat/completions", json=body, headers={"x-mock-fail-ratio": "0.5"}
+            ).status_code
+            for _ in range(200)
+        )
+    assert set(statuses) == {200, 500} and 60 <= statuses[500] <= 140, statuses
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_a_deployment_failing_half_its_calls_costs_the_client_no_errors(
+    doors: Doors, door: str
+) -> None:
+    answers = [doors.ask(door, "flaky", stream=i % 2 == 1) for i in range(150)]
+    assert all(a.error is None and a.error_events == 0 and a.text for a in answers)
+    attempts = Counter(a.headers["x-llm-proxy-attempts"] for a in answers)
+    assert set(attempts) <= {"1", "2", "3"} and attempts["1"] >= 100, attempts
 
 
 @pytest.mark.parametrize("door", DOORS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs
@@ -44,6 +45,15 @@ class Controls:
     malformed: bool = False
     chunks: int = 8
     chunk_delay_ms: int = 0
+    # Share of requests that fail (with x-mock-status, or 500): a flaky deployment.
+    fail_ratio: float = 0.0
+
+
+def _ratio(raw: str | None) -> float:
+    try:
+        return min(1.0, max(0.0, float(raw))) if raw else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _int(headers: dict[str, str], name: str, default: int) -> int:
@@ -79,6 +89,7 @@ class MockState:
             malformed=headers.get("x-mock-malformed", "0") not in ("", "0", "false"),
             chunks=max(1, _int(headers, "x-mock-chunks", s.chunks)),
             chunk_delay_ms=_int(headers, "x-mock-chunk-delay-ms", s.chunk_delay_ms),
+            fail_ratio=_ratio(headers.get("x-mock-fail-ratio")),
         )
 
     def control_endpoint(self, req: Request) -> Whole:
@@ -124,8 +135,11 @@ class MockState:
             refused = anthropic_wire.check_headers(req.headers)
             if refused:
                 return refused
-        if ctl.status >= 300:
-            return anthropic_wire.error(ctl.status) if anthropic else openai_wire.error(ctl.status)
+        status = ctl.status
+        if ctl.fail_ratio:
+            status = (status if status >= 300 else 500) if random.random() < ctl.fail_ratio else 0
+        if status >= 300:
+            return anthropic_wire.error(status) if anthropic else openai_wire.error(status)
         if req.method == "GET":
             if path == "/v1/models":
                 return openai_wire.models()
