@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .figures import DIRECT, GATEWAY, dig
+from .figures import DIRECT, GATEWAY, PEERS, dig
 
 
 def charts(r: dict[str, Any], stem: Path) -> list[Path]:
@@ -17,8 +17,8 @@ def charts(r: dict[str, Any], stem: Path) -> list[Path]:
     except ImportError:
         return []
     sc = r["scenarios"]
-    names = [n for n in (DIRECT, GATEWAY, "litellm") if n in sc["clients_1"]]
-    colors = {DIRECT: "#999999", GATEWAY: "#1f77b4", "litellm": "#d62728"}
+    names = [n for n in (DIRECT, GATEWAY, *PEERS) if n in sc["clients_1"]]
+    colors = {DIRECT: "#999999", GATEWAY: "#1f77b4", "litellm": "#d62728", "portkey": "#2ca02c"}
     written = []
 
     keys = [("clients_1", "1 client"), ("clients_16", "16 clients"), ("clients_64", "64 clients")]

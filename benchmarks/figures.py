@@ -14,6 +14,8 @@ FLOOR = "granian no-op"
 PROXY_FLOOR = "minimal proxy"
 # The same gateway with logging at its default, `full` (content kept), into SQLite.
 LOGGED = "llm-proxy, logging full"
+# The peer gateways (`--peers`), by their names in the results, with their names in the report.
+PEERS = {"litellm": "LiteLLM", "portkey": "Portkey"}
 
 # The goals; each is shown met or MISSED in the table.
 TARGETS = {
@@ -62,8 +64,9 @@ def targets_table(r: dict[str, Any]) -> list[dict[str, Any]]:
     add("added p99, 1 client (ms)", "≤ 1", p99, p99 <= TARGETS["added_p99_1"], True)
     rps = sc["clients_64"][GATEWAY]["rps"]
     add("requests/s, 64 clients, misses", "≥ 8,000", rps, rps >= TARGETS["rps_64"], True)
-    hits = sc["cache_hit_64"][GATEWAY]["rps"]
-    add("cache hits/s, 64 clients", "≥ 15,000", hits, hits >= TARGETS["hits_64"], True)
+    if "cache_hit_64" in sc:  # not with `--only` leaving the cache out
+        hits = sc["cache_hit_64"][GATEWAY]["rps"]
+        add("cache hits/s, 64 clients", "≥ 15,000", hits, hits >= TARGETS["hits_64"], True)
     ttfb = added(sc["stream_ttfb"], GATEWAY, "ttfb_p50_ms")
     add("stream TTFB added, p50 (ms)", "≤ 0.3", ttfb, ttfb <= TARGETS["ttfb_added"], True)
     if "litellm" in sc["clients_64"]:
@@ -85,6 +88,30 @@ def targets_table(r: dict[str, Any]) -> list[dict[str, Any]]:
         growth = mem["growth_second_half"]
         add("RSS growth, second half of the requests", "≤ 5%", growth * 100, growth <= 0.05, False)
     return rows
+
+
+def peer_comparison(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each peer of the run against our gateway, same rounds: requests/s at 64 clients and
+    added p50/p99 at one client, both sides, and the ratios (ours / theirs for requests/s,
+    theirs / ours for latency: above 1 means ours is better)."""
+    sc = r["scenarios"]
+    out: dict[str, dict[str, Any]] = {}
+    one, many = sc["clients_1"], sc["clients_64"]
+    for peer in PEERS:
+        if peer not in one or peer not in many:
+            continue
+        ours_rps, rps = many[GATEWAY]["rps"], many[peer]["rps"]
+        row: dict[str, Any] = {"rps_64": rps, "gateway_rps_64": ours_rps}
+        row["rps_64_gateway_over_peer"] = ours_rps / rps if rps > 0 else None
+        for field in ("p50_ms", "p99_ms"):
+            ours, theirs = added(one, GATEWAY, field), added(one, peer, field)
+            key = f"added_{field.removesuffix('_ms')}_1_ms"
+            row[key], row["gateway_" + key] = theirs, ours
+            row[f"added_{field.removesuffix('_ms')}_1_peer_over_gateway"] = (
+                theirs / ours if ours > 0 else None
+            )
+        out[peer] = row
+    return out
 
 
 def capacity_figures(r: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +157,16 @@ def machine() -> dict[str, Any]:
 
 @dataclass
 class Served:
-    """A server started for a benchmark: its base URL and the PIDs of its process tree."""
+    """A server started for a benchmark: its base URL and the PIDs of its process tree.
+
+    `headers`: what every request to it must carry besides the body (a peer routed by headers,
+    such as Portkey's gateway); empty for the others.
+    """
 
     url: str
     proc: subprocess.Popen[Any]
     pids: list[int]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager

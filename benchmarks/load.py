@@ -152,6 +152,7 @@ def load(
         seconds=seconds,
         method=method,
         timeout_s=timeout_s,
+        headers=target.headers,
     )
     used = cpu_seconds(target.pids) - before
     out = dict(r.__dict__)
@@ -183,7 +184,14 @@ def rounds(
 
 
 def warm(target: Served, seconds: int = 1) -> None:
-    wrk(target.url + CHAT, BODY, connections=8, seconds=seconds, timeout_s=10)
+    wrk(
+        target.url + CHAT,
+        BODY,
+        connections=8,
+        seconds=seconds,
+        timeout_s=10,
+        headers=target.headers,
+    )
 
 
 def mock_requests(upstream: str) -> int:
@@ -203,11 +211,38 @@ def prime(url: str, body: bytes) -> None:
     raise RuntimeError("the cache entry never became a hit")
 
 
-async def _stream_once(host: str, port: int, path: str, body: bytes) -> tuple[float, float]:
-    """Time to first event and total time of one streamed request on a fresh connection."""
+def stream_problem(target: Served, body: bytes) -> str | None:
+    """None when a streamed request through `target` ends with `[DONE]`; else what came back.
+
+    The streaming scenarios read until `[DONE]` on a kept-alive connection, so a target that
+    answers a stream with an error object would hang them: they leave such a target out.
+    """
+    try:
+        with httpx.stream(
+            "POST",
+            target.url + CHAT,
+            content=body,
+            headers={"content-type": "application/json", **target.headers},
+            timeout=10,
+        ) as r:
+            text = r.read().decode(errors="replace")
+            status = r.status_code
+    except httpx.HTTPError as exc:
+        return f"streamed request failed: {exc!r}"
+    if status == 200 and "[DONE]" in text:
+        return None
+    return f"a streamed request got {status} {' '.join(text.split())[:120]}"
+
+
+async def _stream_once(
+    host: str, port: int, path: str, body: bytes, extra: str = ""
+) -> tuple[float, float]:
+    """Time to first event and total time of one streamed request on a fresh connection.
+
+    `extra`: more header lines, each ending in CRLF."""
     reader, writer = await asyncio.open_connection(host, port)
     head = (
-        f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n{extra}"
         f"content-length: {len(body)}\r\n\r\n"
     ).encode()
     started = time.perf_counter()
@@ -226,14 +261,17 @@ async def _stream_once(host: str, port: int, path: str, body: bytes) -> tuple[fl
     return (first or total) * 1000, total * 1000
 
 
-def stream_latency(base: str, n: int = 300) -> tuple[float, float]:
+def stream_latency(
+    base: str, n: int = 300, headers: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Median time to first event and total time (ms) of `n` streams, one after another."""
     host, port = base.removeprefix("http://").split(":")
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
 
     async def go() -> tuple[float, float]:
         ttfb, total = [], []
         for _ in range(n):
-            a, b = await _stream_once(host, int(port), CHAT, STREAM_BODY)
+            a, b = await _stream_once(host, int(port), CHAT, STREAM_BODY, extra)
             ttfb.append(a)
             total.append(b)
         return statistics.median(ttfb), statistics.median(total)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .figures import DIRECT, FLOOR, GATEWAY, LOGGED, PROXY_FLOOR, added
+from .figures import DIRECT, FLOOR, GATEWAY, LOGGED, PEERS, PROXY_FLOOR, added
 from .scenarios import instructions
 
 LABELS = {
@@ -37,11 +37,12 @@ def markdown(r: dict[str, Any]) -> str:
     """The whole report: the run's conditions, then one section per scenario."""
     sc = r["scenarios"]
     names = [
-        n for n in (DIRECT, FLOOR, PROXY_FLOOR, GATEWAY, LOGGED, "litellm") if n in sc["clients_1"]
+        n for n in (DIRECT, FLOOR, PROXY_FLOOR, GATEWAY, LOGGED, *PEERS) if n in sc["clients_1"]
     ]
     out = _conditions(r) + _targets(r) + _http(sc, names) + _logging(sc) + _streaming(sc, names)
-    if "litellm" in names:
-        out += _litellm(sc)
+    peers = [n for n in PEERS if n in names]
+    if peers:
+        out += _peers(sc, peers)
     out += _grpc(sc) + _memory(r) + _instructions(r) + _capacity(r) + _profile(r)
     return "\n".join(out) + "\n"
 
@@ -68,7 +69,8 @@ def _conditions(r: dict[str, Any]) -> list[str]:
         "",
     ]
     for name, p in r["peers"].items():
-        out.append(f"Peer {name}: {p.get('version', '')} {p['status']}")
+        streams = f"; streams {p['streams']}" if p.get("streams") else ""
+        out.append(f"Peer {name}: {p.get('version', '')} {p['status']}{streams}")
     gen = r["generator"]
     out += [
         "",
@@ -170,36 +172,64 @@ def _streaming(sc: dict[str, Any], names: list[str]) -> list[str]:
     return out
 
 
-def _litellm(sc: dict[str, Any]) -> list[str]:
-    one = sc["clients_1"]
-    ours, theirs = added(one, GATEWAY, "p50_ms"), added(one, "litellm", "p50_ms")
+def _x(ratio: float | None) -> str:
+    if ratio is None:
+        return ""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+
+
+def _peers(sc: dict[str, Any], peers: list[str]) -> list[str]:
+    """Our gateway beside each peer: a value and a ratio column per peer."""
+    titles = [PEERS[p] for p in peers]
     out = [
         "",
-        "## Side by side with LiteLLM (same run, same core, same mock)",
+        f"## Side by side with {' and '.join(titles)} (same run, same core, same mock)",
         "",
-        "| | llm-proxy | LiteLLM | LiteLLM / llm-proxy |",
-        "|---|---:|---:|---:|",
-        f"| added p50, 1 client (ms) | {ours:.3f} | {theirs:.3f} | "
-        f"{theirs / ours if ours > 0 else float('inf'):.0f}x |",
+        "| | llm-proxy | " + " | ".join(f"{t} | {t} / llm-proxy" for t in titles) + " |",
+        "|---|---:|" + "---:|---:|" * len(peers),
     ]
+
+    def row(label: str, ours: str, cells: list[tuple[str, str]]) -> None:
+        values = " | ".join(f"{v} | {r}" for v, r in cells)
+        out.append(f"| {label} | {ours} | {values} |")
+
+    for rows, field, label in (
+        (sc["clients_1"], "p50_ms", "added p50, 1 client (ms)"),
+        (sc["clients_1"], "p99_ms", "added p99, 1 client (ms)"),
+    ):
+        ours = added(rows, GATEWAY, field)
+        cells = []
+        for p in peers:
+            theirs = added(rows, p, field)
+            cells.append((f"{theirs:.3f}", _x(theirs / ours) if ours > 0 else ""))
+        row(label, f"{ours:.3f}", cells)
     for key, label in (("clients_16", "16"), ("clients_64", "64"), ("delay100_64", "64*")):
-        a, b = sc[key][GATEWAY], sc[key].get("litellm")
-        if b:
-            out.append(
-                f"| requests/s, {label} clients | {a['rps']:,.0f} | {b['rps']:,.0f} | "
-                f"{b['rps'] / a['rps']:.3f} ({a['rps'] / max(b['rps'], 1e-9):.0f}x fewer) |"
-            )
-            out.append(
-                f"| CPU µs/request, {label} clients | {a['cpu_us_per_request']:,.0f} | "
-                f"{b['cpu_us_per_request'] or 0:,.0f} | "
-                f"{(b['cpu_us_per_request'] or 0) / a['cpu_us_per_request']:.0f}x |"
-            )
+        a = sc.get(key, {}).get(GATEWAY)
+        if not a or not any(p in sc[key] for p in peers):
+            continue
+        rps, cpu = [], []
+        for p in peers:
+            b = sc[key].get(p)
+            if not b:
+                rps.append(("", ""))
+                cpu.append(("", ""))
+                continue
+            fewer = a["rps"] / max(b["rps"], 1e-9)
+            rps.append((f"{b['rps']:,.0f}", f"{b['rps'] / a['rps']:.3f} ({_x(fewer)} fewer)"))
+            theirs = b["cpu_us_per_request"] or 0
+            cpu.append((f"{theirs:,.0f}", _x(theirs / a["cpu_us_per_request"])))
+        row(f"requests/s, {label} clients", f"{a['rps']:,.0f}", rps)
+        row(f"CPU µs/request, {label} clients", f"{a['cpu_us_per_request']:,.0f}", cpu)
     st = sc["stream_ttfb"]
-    ttfb_ours, ttfb_theirs = (
-        added(st, GATEWAY, "ttfb_p50_ms"),
-        added(st, "litellm", "ttfb_p50_ms"),
+    ours = added(st, GATEWAY, "ttfb_p50_ms")
+    row(
+        "stream TTFB added (ms)",
+        f"{ours:.3f}",
+        [
+            (f"{added(st, p, 'ttfb_p50_ms'):.3f}", "") if p in st else ("not measured", "")
+            for p in peers
+        ],
     )
-    out.append(f"| stream TTFB added (ms) | {ttfb_ours:.3f} | {ttfb_theirs:.3f} | |")
     ceiling = 64 / 0.1
     out.append(
         f"\n(*) the mock answering after 100 ms: 64 clients can make at most {ceiling:,.0f} "

@@ -1,12 +1,13 @@
 """`make bench`: the gateway's latency overhead, throughput, CPU and memory, beside its peers.
 
 Starts the mock upstream, the gateway (on a config made for the run) and, with `--peers
-litellm`, LiteLLM's proxy; pins the gateway under test to its own core (the load generator and
-the mock share the rest); runs every scenario `--runs` times and keeps the median run and the
-spread; stops every process it started, by PID; writes
+litellm,portkey`, LiteLLM's proxy and Portkey's gateway; pins the gateway under test to its
+own core (the load generator and the mock share the rest); runs every scenario `--runs` times
+and keeps the median run and the spread; stops every process it started, by PID; writes
 benchmarks/results/<date>-<host>.json, a markdown table (.md) and PNG charts beside it.
 
-    python -m benchmarks.run [--quick] [--runs 3] [--seconds 5] [--peers litellm]
+    python -m benchmarks.run [--quick] [--runs 3] [--seconds 5] [--peers litellm,portkey]
+        [--only http,cache,memory,grpc,instructions]
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .charts import charts
-from .figures import capacity_figures, targets_table
+from .figures import capacity_figures, peer_comparison, targets_table
 from .harness import HERE, OTHER_CPUS, machine, mock, steal_ticks
-from .peers import litellm
+from .peers import PEERS, PLACES, TITLES
 from .report import markdown
 from .scenarios import gateway, instructions, pyspy
 from .scenarios.gateway import progress
@@ -43,16 +44,27 @@ def grpc_scenarios(seconds: float, calls: int) -> dict[str, Any]:
         return {"skipped": f"grpc_bench.run failed: {exc}"}
 
 
+# What `--only` can pick besides the HTTP rounds (1, 16, 64 clients, streams, upstream delay,
+# with the peers), which always run: the report is built on them.
+PARTS = ("cache", "memory", "grpc", "instructions")
+
+
 def install_peers(names: str, results: dict[str, Any]) -> list[str]:
-    """The peers to run; one that cannot be installed is reported and left out."""
-    peers = [p for p in names.split(",") if p]
-    if "litellm" in peers:
-        progress("installing LiteLLM's proxy into .bench-venv-litellm (if missing)")
+    """The peers to run; one that cannot be installed is reported (one line) and left out."""
+    peers = []
+    for name in (p.strip() for p in names.split(",")):
+        if not name or name in peers:
+            continue
+        if name not in PEERS:
+            raise SystemExit(f"--peers: unknown peer {name!r} (known: {', '.join(PEERS)})")
+        progress(f"installing {TITLES[name]} into {PLACES[name]} (if missing)")
         try:
-            results["peers"]["litellm"] = {"status": "ok", "version": litellm.install()}
+            results["peers"][name] = {"status": "ok", "version": PEERS[name].install()}
+            peers.append(name)
         except Exception as exc:  # report it, go on without the peer
-            results["peers"]["litellm"] = {"status": f"not run: {exc}"}
-            peers.remove("litellm")
+            reason = " ".join(str(exc).split())
+            results["peers"][name] = {"status": f"not run: {reason}"}
+            print(f"{name}: not run: {reason}", flush=True)
     return peers
 
 
@@ -66,6 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "runs": runs,
             "seconds": seconds,
             "quick": args.quick,
+            "only": sorted(args.only),
             "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
         },
         "peers": {},
@@ -77,19 +90,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["generator"] = gateway.generator_check(seconds, runs)
     gateway.run(args, results, peers)
 
-    progress("gRPC unary and streaming (grpc_bench.run)")
-    results["scenarios"]["grpc"] = grpc_scenarios(seconds, 300 if args.quick else 1500)
-    progress("instructions per call on the event loop (instructions.py, callgrind)")
-    try:
-        results["instructions"] = instructions.run(
-            100 if args.quick else 500, list(instructions.PATHS)
-        )
-    except Exception as exc:  # report it, keep the rest of the run
-        results["instructions"] = {"skipped": str(exc)}
+    if "grpc" in args.only:
+        progress("gRPC unary and streaming (grpc_bench.run)")
+        results["scenarios"]["grpc"] = grpc_scenarios(seconds, 300 if args.quick else 1500)
+    else:
+        results["scenarios"]["grpc"] = {"skipped": "not in --only"}
+    if "instructions" in args.only:
+        progress("instructions per call on the event loop (instructions.py, callgrind)")
+        try:
+            results["instructions"] = instructions.run(
+                100 if args.quick else 500, list(instructions.PATHS)
+            )
+        except Exception as exc:  # report it, keep the rest of the run
+            results["instructions"] = {"skipped": str(exc)}
+    else:
+        results["instructions"] = {"skipped": "not in --only"}
     results["meta"]["loadavg_end"] = os.getloadavg()
     results["meta"]["cpu_steal_end"] = steal_ticks()
     results["targets"] = targets_table(results)
     results["capacity"] = capacity_figures(results)
+    results["peers_vs_gateway"] = peer_comparison(results)
     if args.profile == "always" or (
         args.profile == "missed" and any(not t["met"] for t in results["targets"] if t["gateway"])
     ):
@@ -109,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 run of 2 s each (smoke check)")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3)")
     parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 5)")
-    parser.add_argument("--peers", default="", help="peer gateways to compare: litellm")
+    parser.add_argument(
+        "--peers", default="", help=f"peer gateways to compare, comma-separated: {','.join(PEERS)}"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(PARTS),
+        help="the HTTP rounds (with the peers; always run) plus only these of "
+        f"{','.join(PARTS)}; 'http' for the rounds alone (default: all)",
+    )
     parser.add_argument(
         "--profile",
         choices=["missed", "always", "never"],
@@ -126,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         charts(results, stem)
         print(f"wrote {stem}.md and charts")
         return 0
+    only = {p.strip() for p in args.only.split(",") if p.strip()} - {"http"}
+    if only - set(PARTS):
+        parser.error(f"--only: unknown {', '.join(sorted(only - set(PARTS)))}")
+    args.only = only
     args.runs = args.runs or (1 if args.quick else 3)
     args.seconds = args.seconds or (2 if args.quick else 5)
     started = time.monotonic()

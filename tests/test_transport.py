@@ -32,7 +32,11 @@ def run(handler: Handler, body: Callable[[UpstreamClient, str], Awaitable[Any]],
     async def main() -> Any:
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        client = UpstreamClient(max_connections=kw.get("max_connections", 10), connect_timeout_s=2)
+        client = UpstreamClient(
+            max_connections=kw.get("max_connections", 10),
+            connect_timeout_s=2,
+            max_response_bytes=kw.get("max_response_bytes", 64 << 20),
+        )
         await client.start()
         try:
             return await body(client, f"http://127.0.0.1:{port}/v1/chat/completions")
@@ -391,3 +395,117 @@ def test_gzip_stream_is_decompressed_as_it_arrives() -> None:
         return b"".join([c async for c in stream.chunks()])
 
     assert run(answer(raw), body) == b"data: one\n\ndata: two\n\n"
+
+
+BOMB = gzip.compress(b"a" * (8 << 20))  # 8 MiB of answer in a few KiB
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_answer_over_max_response_bytes_after_decompression_is_502(streamed: bool) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+    raw = head % len(BOMB) + BOMB
+
+    async def body(client: UpstreamClient, url: str) -> Any:
+        if not streamed:
+            return await client.post(url, HEADERS, b"{}", 5)
+        stream = await client.post_stream(url, HEADERS, b"{}", 5)
+        return b"".join([c async for c in stream.chunks()])
+
+    with pytest.raises(GatewayError) as err:
+        run(answer(raw), body, max_response_bytes=1 << 20)
+    assert err.value.status == 502
+    assert "larger than 1048576 bytes (max_response_bytes)" in err.value.message
+
+
+def test_an_uncompressed_answer_over_max_response_bytes_is_502() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"a" * 3_000_000
+
+    async def body(client: UpstreamClient, url: str) -> Any:
+        return await client.post(url, HEADERS, b"{}", 5)
+
+    with pytest.raises(GatewayError) as err:
+        run(answer(raw), body, max_response_bytes=1 << 20)
+    assert err.value.status == 502 and "max_response_bytes" in err.value.message
+
+
+def drip(byte_every_s: float, count: int) -> Handler:
+    """A stream that sends one byte at a time and never completes an event."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(count):
+                writer.write(chunk(b"d"))
+                await writer.drain()
+                await asyncio.sleep(byte_every_s)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return handler
+
+
+def test_stream_silence_counts_from_the_last_whole_event_not_the_last_byte() -> None:
+    async def body(client: UpstreamClient, url: str) -> Any:
+        stream = await client.post_stream(url, HEADERS, b"{}", 0.5)
+        started = asyncio.get_running_loop().time()
+        received = 0
+        with pytest.raises(GatewayError) as err:
+            async for data in stream.chunks():
+                received += len(data)
+        return err.value, received, asyncio.get_running_loop().time() - started
+
+    error, received, took = run(drip(0.1, 100), body)
+    assert error.status == 504
+    assert received >= 3  # bytes kept coming, yet no event completed within 0.5 s
+    assert took < 1.5
+
+
+def test_a_stream_whose_events_keep_arriving_does_not_time_out() -> None:
+    async def body(client: UpstreamClient, url: str) -> Any:
+        stream = await client.post_stream(url, HEADERS, b"{}", 0.3)
+        received = 0
+        async for data in stream.chunks():
+            received += len(data)
+            stream.event_arrived()  # as the relay says for every whole event
+        return received
+
+    assert run(drip(0.1, 12), body) == 12
+
+
+def test_idle_kept_alive_connections_are_closed_after_the_keepalive_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llm_proxy.upstream import client as client_module
+
+    monkeypatch.setattr(client_module, "KEEPALIVE_S", 0.2)
+    closed = asyncio.Event
+
+    async def body(client: UpstreamClient, url: str) -> Any:
+        done = closed()
+        server_side: list[asyncio.StreamReader] = []
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            server_side.append(reader)
+            await reader.read()  # returns when the client closes the connection
+            done.set()
+            writer.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            resp = await client.post(f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}", 5)
+            assert resp.status == 200
+            await asyncio.wait_for(done.wait(), 2)
+            return True
+        finally:
+            server.close()
+
+    assert run(answer(b""), body)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from llm_proxy.calls import Call, Deployment, Outcome
 from llm_proxy.config import ConfigError, load_config
+from llm_proxy.credentials import SecretMask
 from llm_proxy.logstore import open_store
 from llm_proxy.logstore.prices import PriceTable
 from llm_proxy.logstore.record import RecordBuilder
-from llm_proxy.logstore.redact import SecretMask
 from llm_proxy.logstore.spool import Spool
 from llm_proxy.logstore.writer import LogWriter
 from llm_proxy.observe.metrics import GatewayMetrics

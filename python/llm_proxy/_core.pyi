@@ -1,6 +1,8 @@
-"""The Rust hot-path core (rust/src): cache keys, token counting and the SSE stream relay."""
+"""The Rust hot-path core (rust/src): cache keys, token counting, the SSE stream relay and
+the request-log writer."""
 
-from typing import Final, Literal, final
+from collections.abc import Sequence
+from typing import Final, Literal, TypedDict, final
 
 __version__: Final[str]
 
@@ -133,3 +135,84 @@ class SseRelay:
     def finish(self) -> StreamSummary:
         """Ends the stream and returns its summary; later calls return the same summary.
         Bytes of an event that never got its closing blank line are reported in `error`."""
+
+def redact(text: str) -> str:
+    """Mask API keys, Luhn-valid card numbers, IBANs, e-mail addresses and phone numbers
+    (`[API_KEY]`, `[CARD]`, `[IBAN]`, `[EMAIL]`, `[PHONE]`): what `logging.content: redacted`
+    stores, the same output as the Python detectors it replaces."""
+
+class LogWriterStats(TypedDict):
+    written: int  # records written to the store (spooled ones again when replayed)
+    spooled: int  # records appended to the spool
+    spool_pending: int  # records waiting in this process's spool file
+    dropped: int  # records lost: queue full, writer closed, spool unwritable
+    dead_lettered: int  # records no store would take, set aside in the dead-letter file
+    store_errors: int  # failed store calls (connect, write, purge; timeouts included)
+    store_up: bool
+    queue_bytes: int  # bytes of the records queued
+    queue_len: int
+    purged: int  # records removed by retention
+
+@final
+class LogWriter:
+    """The request-log writer: a Rust thread (no GIL) gives each record its content
+    (policy, redaction, secret mask), makes its text safe for the store (NUL as `\\u0000`),
+    and writes batches to SQLite or PostgreSQL.
+
+    While the store is down or hangs (every store call has `store_timeout_s` as its deadline),
+    batches go to the spool (`spool_path`, JSON lines, 0600) and are replayed in order once it
+    answers. A record the store rejects is isolated and set aside in
+    `<spool_path>-dead-letter.jsonl`. The store's schema must exist (Python creates it); the
+    SQLite file is created 0600 if missing.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        spool_path: str,
+        *,
+        queue_max_bytes: int = 268435456,
+        batch_size: int = 500,
+        max_batch_delay_s: float = 0.025,
+        store_timeout_s: float = 2.0,
+        retry_interval_s: float = 1.0,
+        retention_days: float = 30.0,
+        max_rows: int | None = None,
+        purge_interval_s: float = 300.0,
+        content: Literal["full", "redacted", "none"] = "full",
+        secrets: Sequence[str] = (),
+        id_prefix: str = "",
+        priority: Literal["normal", "idle"] = "normal",
+    ) -> None:
+        """Start the thread. `store` is `sqlite:///PATH`, a file path or `postgresql://...`;
+        `id_prefix` is the process's record-id prefix (`calls.PROCESS_PREFIX`). The writer
+        wakes at `batch_size` queued records or after `max_batch_delay_s` and writes what waits
+        in one store call (up to 4 x `batch_size` when it has fallen behind). Retention
+        (`retention_days`, `max_rows`) runs at start and every `purge_interval_s`. Raises
+        ValueError for a bad setting or URL (not for a store that is down)."""
+    def submit(
+        self, record: bytes, prompt: bytes | None = None, answer: bytes | None = None
+    ) -> bool:
+        """Queue one record without waiting: the msgspec JSON of a `LogRecord`, with `id` ""
+        (given here) and its text not yet cleaned, plus an optional `caller_key` (the caller's
+        key, masked wherever it appears, never stored).
+
+        The writer sets `content` to its mode, drops prompt/completion/tool_calls under `none`,
+        and cleans error_message, prompt, completion and tool_calls as
+        `RecordBuilder._clean` did. The loop may leave the content to the writer: `prompt`, the
+        request's prompt bytes, fills a null `prompt` (decoded as `decode("utf-8",
+        "replace")`); `answer`, a whole answer's body, fills null `completion` and
+        `tool_calls` as `_completion_of(_read_answer(answer))` does (tool calls included,
+        which the Python reader lost). Both count toward `queue_max_bytes`.
+
+        False if the record was dropped (the queue is at `queue_max_bytes`, or the writer is
+        closed): counted. A record that cannot be decoded is accepted here and set aside in the
+        dead-letter file by the writer."""
+    def flush(self, timeout: float) -> bool:
+        """Wait until every record submitted before this call is stored, spooled or counted
+        lost; False if `timeout` passed first. Releases the GIL."""
+    def close(self, timeout: float) -> bool:
+        """Stop taking records, store or spool everything queued, replay the spool if the store
+        answers, and stop the thread; False if `timeout` passed first. Releases the GIL."""
+    def stats(self) -> LogWriterStats:
+        """The counters, read without waiting for the writer."""

@@ -96,6 +96,8 @@ class Call:
     trace_headers: list[tuple[str, str]] | None = None
     # The call's trace span, when tracing is on and the call is sampled.
     span: CallSpan | None = None
+    # Set when the gateway itself cut the call short (it was shutting down).
+    cut_by_shutdown: bool = False
     # A model group's routing (attempts, fallback); None for a one-deployment model.
     routing: RouteState | None = None
 
@@ -107,6 +109,16 @@ class Call:
 
     def overhead_ms(self) -> float:
         return max(0.0, (time.perf_counter() - self.started - self.upstream_s) * 1000.0)
+
+
+SHUTDOWN_MESSAGE = "the gateway shut down before the answer finished"
+
+
+def cancelled_outcome(call: Call) -> Outcome:
+    """How a cancelled call ended: its client left, or the gateway shut down."""
+    if call.cut_by_shutdown:
+        return Outcome(503, "shutdown", SHUTDOWN_MESSAGE)
+    return Outcome(499, "client_closed", "the client left before the answer")
 
 
 @dataclass(slots=True)
@@ -181,6 +193,17 @@ _HEADS: dict[Endpoint, msgspec.json.Decoder[Any]] = {
     "completions": msgspec.json.Decoder(CompletionHead),
     "embeddings": msgspec.json.Decoder(EmbeddingHead),
 }
+# A model name longer than this is refused: it would be echoed and stored.
+MAX_MODEL_NAME = 256
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A client-supplied string as an error message may quote it: cut to `limit` characters."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 _AT_FIELD = re.compile(r"at `\$\.([A-Za-z_]\w*)")
 _MISSING_FIELD = re.compile(r"missing required field `(\w+)`")
 _EMPTY_ARRAY = re.compile(rb"\A\[\s*\]\Z")
@@ -208,6 +231,19 @@ def decode_call(
         raise bad_request(f"could not parse the JSON body of your request: {exc}") from None
     except UnicodeDecodeError as exc:
         raise bad_request(f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise bad_request("the request body is nested too deeply") from None
+    if not body.isascii():
+        # msgspec checks the UTF-8 of the fields it decodes, not of the raw parts it keeps.
+        try:
+            body.decode()
+        except UnicodeDecodeError as exc:
+            raise bad_request(f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    if len(head.model) > MAX_MODEL_NAME:
+        raise bad_request(
+            f"`model` is {len(head.model)} characters long; the limit is {MAX_MODEL_NAME}",
+            param="model",
+        )
     if isinstance(head, ChatHead):
         prompt = bytes(head.messages)
         if not prompt.startswith(b"["):

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import capacity
+from . import __version__, capacity
 from .config import Config, ConfigError, load_config
 from .logstore import cli as logstore_cli
 
@@ -23,7 +23,7 @@ def _load(path: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    from .observe import ObserveConfigError, prepare_multiprocess, validate
+    from .observe import ObserveConfigError, prepare_multiprocess, prepare_worker_starts, validate
 
     try:
         validate(config)
@@ -32,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
     os.environ["LLM_PROXY_CONFIG"] = str(Path(args.config).resolve()) if args.config else ""
     if args.grpc_port is not None:
@@ -42,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or config.server.workers
     grace = max(1, round(config.server.shutdown_grace_s))
     prepare_multiprocess(workers)
+    prepare_worker_starts(workers)
     server = Granian(
         "llm_proxy.worker:create_app",
         factory=True,
@@ -53,6 +55,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_access=False,
         workers_kill_timeout=grace,
         backlog=2048,
+        # A worker that dies (an OOM kill, a crash) is started again, not the gateway stopped.
+        respawn_failed_workers=True,
+        respawn_interval=0.5,
+        # Also bounds how long an idle keep-alive connection is kept.
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(config.server.keepalive_timeout_s * 1000))
+        ),
     )
     print(f"llm-proxy serving http://{host}:{port} ({workers} worker(s))", flush=True)
     server.serve()
@@ -85,6 +94,7 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-proxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llm-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (HTTP and gRPC front doors)")

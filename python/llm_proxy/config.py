@@ -28,6 +28,11 @@ class ServerConfig(_Section):
     workers: int = 1
     max_body_bytes: int = 4 * MiB
     shutdown_grace_s: float = 30.0
+    # A request body that has not arrived whole this long after its headers gets 408.
+    body_timeout_s: float = 30.0
+    # An idle keep-alive connection (or one slow to send its next request's headers) is
+    # closed after this long.
+    keepalive_timeout_s: float = 60.0
 
 
 class _ProviderBase(_Section, tag_field="kind"):
@@ -35,6 +40,8 @@ class _ProviderBase(_Section, tag_field="kind"):
     connect_timeout_s: float = 10.0
     headers: dict[str, str] = {}
     max_connections: int = 1000
+    # An answer larger than this (after decompression) is refused with a 502.
+    max_response_bytes: int = 64 * MiB
 
 
 class OpenAIProvider(_ProviderBase, tag="openai", kw_only=True):

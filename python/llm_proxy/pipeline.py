@@ -27,8 +27,16 @@ from collections.abc import AsyncGenerator, Awaitable
 from typing import Protocol
 
 from .cache import CacheTicket, ResponseCache, build_cache
-from .calls import Call, EventStream, Outcome, Reply, StreamSummary
+from .calls import (
+    Call,
+    EventStream,
+    Outcome,
+    Reply,
+    StreamSummary,
+    cancelled_outcome,
+)
 from .config import Config
+from .credentials import SecretMask, configured_secrets
 from .errors import GatewayError
 from .observe.tracing import Tracer, build_tracer
 from .providers import Provider, build_provider
@@ -79,7 +87,8 @@ class PipelineStream:
 
     async def __aiter__(self) -> AsyncGenerator[bytes, None]:
         call = self._call
-        outcome = Outcome(status=499, error_type="client_closed")
+        # None while the stream runs; left None only if it was cancelled.
+        outcome: Outcome | None = None
         first = True
         kept: list[bytes] | None = [] if self._ticket is not None else None
         budget = self._pipeline.cache.max_bytes if self._pipeline.cache is not None else 0
@@ -98,6 +107,7 @@ class PipelineStream:
                 yield event
             outcome = Outcome(status=200)
         except GatewayError as exc:
+            self._pipeline._secrets.error(exc)
             outcome = Outcome(exc.status, exc.type, exc.message)
             raise
         except Exception:
@@ -107,6 +117,8 @@ class PipelineStream:
             raise
         finally:
             await self._inner.aclose()
+            if outcome is None:
+                outcome = cancelled_outcome(call)
             outcome.summary = self._inner.summary()
             cache = self._pipeline.cache
             if (
@@ -127,18 +139,18 @@ class PipelineStream:
         await self._inner.aclose()
         if not self._recorded:  # never iterated: the client left before the first event
             self._recorded = True
-            outcome = Outcome(status=499, error_type="client_closed")
+            outcome = cancelled_outcome(self._call)
             outcome.summary = self._inner.summary()
             self._pipeline.ended(self._call, outcome)
 
 
-def _failed(exc: BaseException) -> Outcome:
+def _failed(call: Call, exc: BaseException) -> Outcome:
     """The outcome of a call that raised: refused or failed (GatewayError), cancelled (the
     client left, its deadline passed) or a bug; each is still one log record."""
     if isinstance(exc, GatewayError):
         return Outcome(exc.status, exc.type, exc.message)
     if isinstance(exc, asyncio.CancelledError):
-        return Outcome(499, "client_closed", "the client left before the answer")
+        return cancelled_outcome(call)
     return Outcome(500, "internal_error", type(exc).__name__)
 
 
@@ -152,6 +164,8 @@ class Pipeline:
         # Admission stages, in order (see the module docstring).
         self.admission: list[Stage] = [self.router]
         self.recorder: Recorder = recorder or NullRecorder()
+        # Provider keys an upstream echoes in its error never reach the client or the log.
+        self._secrets = SecretMask(configured_secrets(config))
         self.cache: ResponseCache | None = build_cache(config.cache)
         # Built by start(), inside the worker: its exporter holds a gRPC channel and a thread.
         self.tracer: Tracer | None = None
@@ -235,7 +249,9 @@ class Pipeline:
             else:
                 reply = await provider.complete(call, deployment)
         except BaseException as exc:
-            self.ended(call, _failed(exc))
+            if isinstance(exc, GatewayError):
+                self._secrets.error(exc)
+            self.ended(call, _failed(call, exc))
             raise
         self.ended(call, Outcome(reply.status, usage=reply.usage, response_body=reply.body))
         return reply
@@ -265,7 +281,9 @@ class Pipeline:
             else:
                 inner = await provider.stream(call, deployment)
         except BaseException as exc:
-            self.ended(call, _failed(exc))
+            if isinstance(exc, GatewayError):
+                self._secrets.error(exc)
+            self.ended(call, _failed(call, exc))
             raise
         return PipelineStream(self, call, inner, ticket)
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import signal
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from .config import Config, load_config
 from .http.door import HttpDoor
-from .observe import build_recorder
+from .observe import build_recorder, worker_started
 from .pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -35,8 +36,11 @@ class GatewayApp:
         self.__rsgi__ = self.http.__call__
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        worker_started()
         loop.run_until_complete(self.recorder.start())
         loop.run_until_complete(self.pipeline.start())
+        self.http.start(loop)
+        self._watch_for_shutdown(loop)
         port = self.config.server.grpc_port
         if port:
             # Imported and built here, inside the worker's loop: grpc.aio objects belong to
@@ -50,11 +54,27 @@ class GatewayApp:
         gc.collect()
         gc.freeze()
 
+    def _watch_for_shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        """At SIGTERM, plan to cut what still runs near the end of the grace period.
+
+        Granian's own handler (on the loop) still runs: a Python-level handler does not
+        replace the loop's, which is woken through the signal wakeup fd.
+        """
+        grace = self.config.server.shutdown_grace_s
+        # Time left after the cut: the cut calls answer and their records reach the store.
+        cut_after_s = max(0.5, grace - max(1.5, grace * 0.1))
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            loop.call_soon_threadsafe(self.http.watch.shutdown, cut_after_s)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.grpc is not None:
             # Granian kills the worker at shutdown_grace_s; leave a margin to close the rest.
             grace = max(0.5, self.config.server.shutdown_grace_s - 1.0)
             loop.run_until_complete(self.grpc.stop(grace))
+        self.http.stop()
         loop.run_until_complete(self.pipeline.close())
         # Flushes every queued log record to the store (or the spool).
         loop.run_until_complete(self.recorder.close())

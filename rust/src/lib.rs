@@ -2,6 +2,7 @@
 //! modules below, which `cargo test` exercises without an interpreter.
 
 pub mod cache_key;
+pub mod logwriter;
 pub mod sse;
 pub mod tokens;
 
@@ -10,9 +11,10 @@ mod bindings {
     use pyo3::create_exception;
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
-    use pyo3::types::{PyBytes, PyList};
+    use pyo3::types::{PyBytes, PyDict, PyList};
 
     use crate::cache_key as keys;
+    use crate::logwriter::{self, record::ContentPolicy, redact as redaction};
     use crate::sse::{self, Dialect};
     use crate::tokens::{self, Encoding};
 
@@ -234,6 +236,120 @@ mod bindings {
         }
     }
 
+    fn seconds(name: &str, value: f64) -> PyResult<std::time::Duration> {
+        std::time::Duration::try_from_secs_f64(value)
+            .map_err(|_| value_error(format!("{name} must be a finite number of seconds >= 0")))
+    }
+
+    /// Mask API keys, Luhn-valid card numbers, IBANs, e-mail addresses and phone numbers.
+    #[pyfunction]
+    fn redact(py: Python<'_>, text: &str) -> String {
+        if text.len() > RELEASE_GIL_BYTES {
+            py.detach(|| redaction::redact(text))
+        } else {
+            redaction::redact(text)
+        }
+    }
+
+    /// The request-log writer: a Rust thread batches, redacts and writes records; see
+    /// `_core.pyi`.
+    #[pyclass(frozen, module = "llm_proxy._core")]
+    struct LogWriter {
+        inner: logwriter::LogWriter,
+    }
+
+    #[pymethods]
+    impl LogWriter {
+        #[new]
+        #[pyo3(signature = (
+            store, spool_path, *, queue_max_bytes = 256 << 20, batch_size = 500,
+            max_batch_delay_s = 0.025, store_timeout_s = 2.0, retry_interval_s = 1.0,
+            retention_days = 30.0, max_rows = None, purge_interval_s = 300.0,
+            content = "full", secrets = Vec::new(), id_prefix = "", priority = "normal"
+        ))]
+        #[allow(clippy::too_many_arguments)]
+        fn new(
+            store: &str,
+            spool_path: &str,
+            queue_max_bytes: usize,
+            batch_size: usize,
+            max_batch_delay_s: f64,
+            store_timeout_s: f64,
+            retry_interval_s: f64,
+            retention_days: f64,
+            max_rows: Option<u64>,
+            purge_interval_s: f64,
+            content: &str,
+            secrets: Vec<String>,
+            id_prefix: &str,
+            priority: &str,
+        ) -> PyResult<Self> {
+            let idle_priority = match priority {
+                "normal" => false,
+                "idle" => true,
+                other => {
+                    return Err(value_error(format!(
+                        "unknown writer priority {other:?}: use normal or idle"
+                    )))
+                }
+            };
+            let settings = logwriter::Settings {
+                store_url: store.to_owned(),
+                spool_path: spool_path.into(),
+                queue_max_bytes,
+                batch_size,
+                max_batch_delay: seconds("max_batch_delay_s", max_batch_delay_s)?,
+                store_timeout: seconds("store_timeout_s", store_timeout_s)?,
+                retry_interval: seconds("retry_interval_s", retry_interval_s)?,
+                retention_days,
+                max_rows,
+                purge_interval: seconds("purge_interval_s", purge_interval_s)?,
+                content: ContentPolicy::from_name(content).map_err(value_error)?,
+                secrets,
+                id_prefix: id_prefix.to_owned(),
+                idle_priority,
+            };
+            let inner = logwriter::LogWriter::start(settings).map_err(value_error)?;
+            Ok(Self { inner })
+        }
+
+        /// Queue one record (msgspec JSON of a LogRecord, and optionally the prompt and answer
+        /// bodies its content is read from); False if dropped (and counted).
+        #[pyo3(signature = (record, prompt = None, answer = None))]
+        fn submit(&self, record: &[u8], prompt: Option<&[u8]>, answer: Option<&[u8]>) -> bool {
+            self.inner.submit_with(record, prompt, answer)
+        }
+
+        /// Wait (without the GIL) until everything submitted so far is stored or spooled.
+        fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+            let timeout = seconds("timeout", timeout)?;
+            Ok(py.detach(|| self.inner.flush(timeout)))
+        }
+
+        /// Stop taking records, store or spool everything queued, and stop the thread.
+        fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+            let timeout = seconds("timeout", timeout)?;
+            Ok(py.detach(|| self.inner.close(timeout)))
+        }
+
+        /// The writer's counters (see `_core.pyi`).
+        fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let s = self.inner.stats();
+            let d = PyDict::new(py);
+            d.set_item("written", s.written)?;
+            d.set_item("spooled", s.spooled)?;
+            d.set_item("spool_pending", s.spool_pending)?;
+            d.set_item("dropped", s.dropped)?;
+            d.set_item("dead_lettered", s.dead_lettered)?;
+            d.set_item("store_errors", s.store_errors)?;
+            d.set_item("store_up", s.store_up)?;
+            d.set_item("queue_bytes", s.queue_bytes)?;
+            d.set_item("queue_len", s.queue_len)?;
+            d.set_item("purged", s.purged)?;
+            Ok(d)
+        }
+    }
+
     #[pymodule]
     fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -247,6 +363,8 @@ mod bindings {
         m.add_function(wrap_pyfunction!(count_chat_tokens, m)?)?;
         m.add_class::<SseRelay>()?;
         m.add_class::<StreamSummary>()?;
+        m.add_function(wrap_pyfunction!(redact, m)?)?;
+        m.add_class::<LogWriter>()?;
         Ok(())
     }
 }

@@ -904,7 +904,10 @@ mod tests {
         assert_eq!(openai_finish_reason("max_tokens"), "length");
         assert_eq!(openai_finish_reason("tool_use"), "tool_calls");
         assert_eq!(openai_finish_reason("pause_turn"), "stop");
-        assert_eq!(openai_finish_reason("model_context_window_exceeded"), "length");
+        assert_eq!(
+            openai_finish_reason("model_context_window_exceeded"),
+            "length"
+        );
         assert_eq!(openai_finish_reason("refusal"), "content_filter");
         assert_eq!(openai_finish_reason("something_new"), "stop");
     }

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from ..credentials import safe_url
 from .entry import CacheEntry, CacheUnavailable, decode_entry, encode_entry
 
 _TIMEOUTS_TO_BACK_OFF = 3
@@ -74,7 +76,10 @@ class RedisBackend:
             text = f"{type(exc).__name__}: {exc}"
         if self._timeouts_in_a_row >= _TIMEOUTS_TO_BACK_OFF:
             self._down_until = time.monotonic() + self.retry_after_s
-        return CacheUnavailable(f"redis {self.url}: {text}")
+        password = urlsplit(self.url).password
+        if password:
+            text = text.replace(password, "***")
+        return CacheUnavailable(f"redis {safe_url(self.url)}: {text}")
 
     def _succeeded(self) -> None:
         self._down_until = 0.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine
+import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
@@ -14,10 +15,11 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
-from ..calls import Call, Endpoint, decode_call, new_request_id
+from ..calls import SHUTDOWN_MESSAGE, Call, Endpoint, Outcome, decode_call, new_request_id, shown
 from ..config import Config
 from ..errors import GatewayError
 from ..pipeline import Pipeline, PipelineStream
+from .watch import RequestWatch
 
 log = logging.getLogger("llm_proxy.http")
 _encoder = msgspec.json.Encoder()
@@ -37,15 +39,27 @@ _SSE_HEADERS = [
     ("x-accel-buffering", "no"),
 ]
 
-# How long a stream runs before the gateway watches for its client leaving.
-_WATCH_AFTER_S = 0.1
+# A client's x-request-id longer than this is cut to it (it is echoed and stored).
+MAX_REQUEST_ID = 128
 
-Handler = Callable[[Scope, HTTPProtocol, str], Coroutine[Any, Any, None]]
+# Clients that leave mid-body are logged at most once per this many seconds.
+_BROKEN_BODY_LOG_S = 10.0
 
 
-def _error_response(proto: HTTPProtocol, exc: GatewayError, request_id: str) -> None:
-    headers = [("content-type", JSON), ("x-request-id", request_id), *exc.headers]
+def _error_response(
+    proto: HTTPProtocol, exc: GatewayError, request_id: str, overhead_ms: float
+) -> None:
+    headers = [
+        ("content-type", JSON),
+        ("x-request-id", request_id),
+        ("x-llm-proxy-overhead-ms", f"{overhead_ms:.3f}"),
+        *exc.headers,
+    ]
     proto.response_bytes(exc.status, headers, exc.body())
+
+
+def _since_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
 
 
 def _cache_headers(call: Call) -> list[tuple[str, str]]:
@@ -53,6 +67,10 @@ def _cache_headers(call: Call) -> list[tuple[str, str]]:
     if call.cache_age_s is None:
         return [("x-llm-proxy-cache", call.cache_status)]
     return [("x-llm-proxy-cache", call.cache_status), ("age", str(int(call.cache_age_s)))]
+
+
+class _ClientGone(Exception):
+    """The client went away (or broke the connection) before its body arrived whole."""
 
 
 class HttpDoor:
@@ -65,14 +83,28 @@ class HttpDoor:
         self.pipeline = pipeline
         self.metrics = metrics
         self.max_body = config.server.max_body_bytes
+        self.watch = RequestWatch(config.server.body_timeout_s)
         self._models_body = self._render_models()
+        self._broken_logged_at = 0.0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the per-worker request watch (inside the worker, on its loop)."""
+        self.watch.start(loop)
+
+    def stop(self) -> None:
+        self.watch.stop()
 
     # -- dispatch --------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         if scope.proto != "http":
             return
-        request_id = scope.headers.get("x-request-id") or new_request_id()
+        started = time.perf_counter()
+        request_id = scope.headers.get("x-request-id")
+        if not request_id:
+            request_id = new_request_id()
+        elif len(request_id) > MAX_REQUEST_ID:
+            request_id = request_id[:MAX_REQUEST_ID]
         path, method = scope.path, scope.method
         try:
             endpoint = _POST_ROUTES.get(path)
@@ -80,29 +112,38 @@ class HttpDoor:
                 if method != "POST":
                     raise GatewayError(
                         405,
-                        f"method {method} not allowed on {path}; use POST",
+                        f"method {method} not allowed on {shown(path)}; use POST",
                         headers=[("allow", "POST")],
                     )
-                await self._inference(scope, proto, endpoint, request_id)
+                await self._inference(scope, proto, endpoint, request_id, started)
             elif method == "GET" or method == "HEAD":
-                self._get(scope, proto, path, request_id)
+                self._get(scope, proto, path, request_id, started)
             elif path in ("/v1/models", "/health", "/ready") or path.startswith("/v1/models/"):
                 raise GatewayError(
                     405,
-                    f"method {method} not allowed on {path}; use GET",
+                    f"method {method} not allowed on {shown(path)}; use GET",
                     headers=[("allow", "GET")],
                 )
             else:
-                raise GatewayError(404, f"Unknown request URL: {method} {path}", code="unknown_url")
+                raise GatewayError(
+                    404, f"Unknown request URL: {method} {shown(path)}", code="unknown_url"
+                )
         except GatewayError as exc:
-            _error_response(proto, exc, request_id)
+            _error_response(proto, exc, request_id, _since_ms(started))
+        except _ClientGone:
+            pass  # nobody is left to answer
         except Exception:
             log.exception("unhandled error in request %s", request_id)
             _error_response(
-                proto, GatewayError(500, "internal gateway error", type="api_error"), request_id
+                proto,
+                GatewayError(500, "internal gateway error", type="api_error"),
+                request_id,
+                _since_ms(started),
             )
 
-    def _get(self, scope: Scope, proto: HTTPProtocol, path: str, request_id: str) -> None:
+    def _get(
+        self, scope: Scope, proto: HTTPProtocol, path: str, request_id: str, started: float
+    ) -> None:
         if path == "/health":
             body = b'{"status":"ok"}'
         elif path == "/ready":
@@ -121,14 +162,19 @@ class HttpDoor:
             if model is None:
                 raise GatewayError(
                     404,
-                    f"The model `{name}` does not exist.",
+                    f"The model `{shown(name)}` does not exist.",
                     param="model",
                     code="model_not_found",
                 )
             body = _encoder.encode(self._model_entry(name, model.provider))
         else:
-            raise GatewayError(404, f"Unknown request URL: GET {path}", code="unknown_url")
-        proto.response_bytes(200, [("content-type", JSON), ("x-request-id", request_id)], body)
+            raise GatewayError(404, f"Unknown request URL: GET {shown(path)}", code="unknown_url")
+        headers = [
+            ("content-type", JSON),
+            ("x-request-id", request_id),
+            ("x-llm-proxy-overhead-ms", f"{_since_ms(started):.3f}"),
+        ]
+        proto.response_bytes(200, headers, body)
 
     def _model_entry(self, name: str, provider: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": provider}
@@ -139,68 +185,123 @@ class HttpDoor:
 
     # -- inference -------------------------------------------------------------------------
 
-    async def _read_body(self, scope: Scope, proto: HTTPProtocol) -> bytes:
+    async def _read_body(self, scope: Scope, proto: HTTPProtocol, task: asyncio.Task[Any]) -> bytes:
         content_type = scope.headers.get("content-type")
         if content_type and not content_type.lower().startswith(JSON):
-            raise GatewayError(415, f"unsupported content type `{content_type}`; send {JSON}")
+            raise GatewayError(
+                415, f"unsupported content type `{shown(content_type)}`; send {JSON}"
+            )
         length = scope.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             raise GatewayError(413, f"request body is larger than {self.max_body} bytes")
-        body = await proto()
+        watch = self.watch
+        watch.reading(task)
+        try:
+            # A body without a length (chunked) is counted as it arrives.
+            body = await (proto() if length is not None else self._read_chunked(proto))
+        except asyncio.CancelledError:
+            if watch.read_done(task):
+                task.uncancel()
+                raise GatewayError(
+                    408,
+                    f"the request body did not arrive within {watch.body_timeout_s:g} s",
+                    code="request_timeout",
+                ) from None
+            raise
+        except (ProtocolClosed, ProtocolError) as exc:
+            raise self._broken_body(exc) from None
+        finally:
+            watch.read_done(task)
         if len(body) > self.max_body:
             raise GatewayError(413, f"request body is larger than {self.max_body} bytes")
         if not body:
             raise GatewayError(400, "the request body is empty; send a JSON object")
         return body
 
-    async def _inference(
-        self, scope: Scope, proto: HTTPProtocol, endpoint: Endpoint, request_id: str
-    ) -> None:
-        body = await self._read_body(scope, proto)
-        call = decode_call(
-            endpoint, body, door="http", request_id=request_id, headers=scope.headers
-        )
-        if call.stream:
-            await self._stream(call, proto)
-            return
-        reply = await self.pipeline.complete(call)
-        headers = [
-            ("content-type", JSON),
-            ("x-request-id", request_id),
-            ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-        ]
-        if call.cache_status != "off":
-            headers += _cache_headers(call)
-        if reply.headers:
-            headers += reply.headers
-        proto.response_bytes(reply.status, headers, reply.body)
+    async def _read_chunked(self, proto: HTTPProtocol) -> bytes:
+        parts = []
+        size = 0
+        limit = self.max_body
+        async for chunk in proto:
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"request body is larger than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
 
-    async def _stream(self, call: Call, proto: HTTPProtocol) -> None:
-        # The client leaving cancels this task, which closes the upstream. The watch on the
-        # client's connection starts once the stream has run _WATCH_AFTER_S (a slow upstream,
-        # a long wait for the first token): starting it is a hand-over to the server's I/O
-        # thread, which most short streams never need (a client that left is also noticed at
-        # the next write).
+    def _broken_body(self, exc: Exception) -> Exception:
+        """The error for a body that broke off: a malformed one gets 400; a client that left
+        gets nothing (one log line at most every few seconds)."""
+        text = str(exc)
+        if "chunk" in text.lower() or "invalid" in text.lower():
+            return GatewayError(400, "the request body is malformed (bad chunked encoding)")
+        now = time.monotonic()
+        if now - self._broken_logged_at >= _BROKEN_BODY_LOG_S:
+            self._broken_logged_at = now
+            log.info("a client left before its request body arrived whole (%s)", text[:200])
+        return _ClientGone()
+
+    def _refused(
+        self, endpoint: Endpoint, request_id: str, exc: GatewayError, model: str = ""
+    ) -> None:
+        """Record and count a request refused before it reached the pipeline."""
+        call = Call(request_id, "http", endpoint, b"", model)
+        self.pipeline.ended(call, Outcome(exc.status, exc.type, exc.message))
+
+    async def _inference(
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        endpoint: Endpoint,
+        request_id: str,
+        started: float,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        gone: asyncio.Future[Any] | None = None
-        left = watching = False
+        try:
+            body = await self._read_body(scope, proto, task)
+            call = decode_call(
+                endpoint, body, door="http", request_id=request_id, headers=scope.headers
+            )
+        except GatewayError as exc:
+            self._refused(endpoint, request_id, exc)
+            raise
+        watch = self.watch
+        watch.running(task, proto, call)
+        try:
+            if call.stream:
+                await self._stream(call, proto, task)
+                return
+            reply = await self.pipeline.complete(call)
+            headers = [
+                ("content-type", JSON),
+                ("x-request-id", request_id),
+                ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
+            ]
+            if call.cache_status != "off":
+                headers += _cache_headers(call)
+            if reply.headers:
+                headers += reply.headers
+            proto.response_bytes(reply.status, headers, reply.body)
+        except GatewayError as exc:
+            _error_response(proto, exc, request_id, call.overhead_ms())
+        except asyncio.CancelledError:
+            if watch.cut_by_shutdown(task):
+                task.uncancel()
+                if not call.stream:
+                    _error_response(proto, _shutting_down(), request_id, call.overhead_ms())
+                return
+            if not watch.client_left(task):
+                raise
+            # The client left: the pipeline recorded the call as 499 and closed the upstream.
+            task.uncancel()
+        finally:
+            watch.done(task)
 
-        def client_left(_: object) -> None:
-            nonlocal left
-            if watching and gone is not None and not gone.cancelled():
-                left = True
-                task.cancel()
-
-        def watch() -> None:
-            nonlocal gone
-            if watching:
-                gone = asyncio.ensure_future(proto.client_disconnect())
-                gone.add_done_callback(client_left)
-
-        watching = True
-        timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, watch)
+    async def _stream(self, call: Call, proto: HTTPProtocol, task: asyncio.Task[Any]) -> None:
+        # The client leaving cancels this task (see RequestWatch), which closes the upstream.
         stream: PipelineStream | None = None
+        transport: Any = None
         try:
             stream = await self.pipeline.stream(call)
             events = stream.__aiter__()
@@ -218,7 +319,19 @@ class HttpDoor:
             transport = proto.response_stream(200, headers)
             await self._pump(events, first, transport, call.request_id)
         except asyncio.CancelledError:
-            if not left:
+            if self.watch.cut_by_shutdown(task):
+                # Cut before the worker's grace ran out: the client gets the error (an event
+                # once the stream started) and the call its record (503), not a dead socket.
+                task.uncancel()
+                if stream is not None:
+                    await stream.aclose()
+                if transport is None:
+                    _error_response(proto, _shutting_down(), call.request_id, call.overhead_ms())
+                else:
+                    with contextlib.suppress(ProtocolClosed, ProtocolError):
+                        await transport.send_bytes(_shutting_down().sse_event())
+                return
+            if not self.watch.client_left(task):
                 raise
             # The call is logged as the client's (499); nobody is left to read an answer. A
             # started `events` has already ended (the cancellation ran through it, or _pump
@@ -226,12 +339,6 @@ class HttpDoor:
             task.uncancel()
             if stream is not None:
                 await stream.aclose()
-        finally:
-            watching = False
-            timer.cancel()
-            if gone is not None:
-                gone.remove_done_callback(client_left)
-                gone.cancel()
 
     async def _pump(
         self,
@@ -267,6 +374,10 @@ async def _first_event(events: AsyncGenerator[bytes, None], request_id: str) -> 
         raise
     except Exception:
         raise _stream_failed(request_id) from None
+
+
+def _shutting_down() -> GatewayError:
+    return GatewayError(503, SHUTDOWN_MESSAGE, code="shutdown")
 
 
 def _stream_failed(request_id: str) -> GatewayError:

@@ -75,9 +75,11 @@ class PostgresStore:
             raise StoreError(f"postgres: {exc}") from exc
 
     def write(self, rows: Sequence[Row]) -> None:
+        safe = [_storable(row) for row in rows]
+
         def work(conn: Any) -> None:
             with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(self._insert, rows)
+                cur.executemany(self._insert, safe)
 
         self._run(work)
 
@@ -103,3 +105,11 @@ class PostgresStore:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _storable(row: Row) -> Row:
+    """The row with every NUL escaped: PostgreSQL text cannot hold one, and one such value
+    would fail its whole batch every time it is retried."""
+    if not any(type(v) is str and "\x00" in v for v in row):
+        return row
+    return tuple(v.replace("\x00", "\\u0000") if type(v) is str else v for v in row)

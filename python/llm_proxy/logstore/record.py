@@ -10,9 +10,10 @@ import msgspec
 
 from .. import _core, calls
 from ..calls import Call, Outcome
+from ..credentials import SecretMask
 from ..wire.openai import AnswerContent, answer_decoder
 from .prices import PriceTable
-from .redact import SecretMask, redact
+from .redact import redact
 
 ContentPolicy = Literal["full", "redacted", "none"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 
 # Things shaped like API keys or bearer tokens: OpenAI/Anthropic/virtual keys (sk-...),
 # AWS access keys, GitHub and Slack tokens, Google API keys, JWTs.
@@ -75,18 +74,3 @@ def redact(text: str) -> str:
     text = _IBAN.sub(_iban, text)
     text = _EMAIL.sub("[EMAIL]", text)
     return _PHONE.sub(_phone, text)
-
-
-class SecretMask:
-    """Removes known secrets (provider keys, the caller's own key) from any stored text."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        found = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, found))) if found else None
-
-    def __call__(self, text: str, extra: str | None = None) -> str:
-        if self._pattern is not None:
-            text = self._pattern.sub("[SECRET]", text)
-        if extra and len(extra) >= 4 and extra in text:
-            text = text.replace(extra, "[SECRET]")
-        return text

@@ -25,7 +25,8 @@ _decoder = msgspec.json.Decoder(LogRecord)
 def _lock(path: str) -> IO[bytes] | None:
     """Open and exclusively lock `path` (created if missing), or None if someone holds it."""
     while True:
-        f = open(path, "ab+")  # noqa: SIM115
+        # 0600: the spool holds prompts and answers.
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600), "ab+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -315,12 +315,3 @@ class LogWriter:
             self.spool.close()
         if self.store is not None:
             self.store.close()
-
-
-def _safe_url(url: str) -> str:
-    """The store URL without a password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .multiproc import prepare_multiprocess
+from .multiproc import prepare_multiprocess, prepare_worker_starts, worker_started
 from .tracing import ObserveConfigError
 from .tracing import validate as validate_tracing
 
@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from ..config import Config
     from .recorder import CallRecorder
 
-__all__ = ["ObserveConfigError", "build_recorder", "prepare_multiprocess", "validate"]
+__all__ = [
+    "ObserveConfigError",
+    "build_recorder",
+    "prepare_multiprocess",
+    "prepare_worker_starts",
+    "validate",
+    "worker_started",
+]
 
 
 def build_recorder(config: Config) -> CallRecorder:

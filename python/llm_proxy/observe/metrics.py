@@ -26,7 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from ..logstore.record import LogRecord
 from ..routing.attempts import Attempt, RouteState
-from .multiproc import MULTIPROC_ENV
+from .multiproc import MULTIPROC_ENV, worker_restarts
 
 # The model label of calls to a model no deployment serves (their log records keep the name).
 UNKNOWN_MODEL = "(unknown)"
@@ -184,6 +184,15 @@ class _CallKind:
             self.cost.inc(cost_usd)
 
 
+class _WorkerRestarts(Collector):
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "llm_proxy_worker_restarts",
+            "Workers started again after one died (an OOM kill, a crash).",
+            value=worker_restarts(),
+        )
+
+
 class GatewayMetrics:
     """The gateway's counters and histograms. The per-call ones are fed on the event loop, a
     batch of records at a time (observe_batch); the log writer's own on its thread."""
@@ -195,6 +204,7 @@ class GatewayMetrics:
         self._kinds: dict[tuple[str, str | None, str, int, str], _CallKind] = {}
         self._batch = 0
         r = self.registry = CollectorRegistry(auto_describe=True)
+        r.register(_WorkerRestarts())
         fed_on_loop: list[_LoopFamily] = []
 
         def on_loop(
@@ -417,6 +427,7 @@ class GatewayMetrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            registry.register(_WorkerRestarts())
             return CONTENT_TYPE_LATEST, generate_latest(registry)
         return CONTENT_TYPE_LATEST, generate_latest(self.registry)
 

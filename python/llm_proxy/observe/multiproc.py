@@ -8,6 +8,38 @@ import shutil
 import tempfile
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A file each worker appends one byte to when it starts: its size less the workers asked for
+# is how many were started again after dying.
+STARTS_ENV = "LLM_PROXY_WORKER_STARTS"
+WORKERS_ENV = "LLM_PROXY_WORKERS"
+
+
+def prepare_worker_starts(workers: int) -> None:
+    """Start counting worker starts; call in `serve` before the workers start."""
+    fd, path = tempfile.mkstemp(prefix="llm-proxy-starts-")
+    os.close(fd)
+    os.environ[STARTS_ENV] = path
+    os.environ[WORKERS_ENV] = str(workers)
+
+
+def worker_started() -> None:
+    """Count this worker's start (a no-op outside `serve`)."""
+    path = os.environ.get(STARTS_ENV)
+    if path:
+        with open(path, "ab") as f:
+            f.write(b".")
+
+
+def worker_restarts() -> int:
+    """Workers started again after one died, since `serve` began."""
+    path = os.environ.get(STARTS_ENV)
+    if not path:
+        return 0
+    try:
+        started = os.path.getsize(path)
+    except OSError:
+        return 0
+    return max(0, started - int(os.environ.get(WORKERS_ENV, "1")))
 
 
 def prepare_multiprocess(workers: int) -> str | None:

@@ -8,28 +8,14 @@ import time
 
 from ..calls import Call, Outcome
 from ..config import Config
+from ..credentials import SecretMask, client_key, configured_secrets
 from ..logstore import LogWriter, open_store
 from ..logstore.prices import PriceTable
 from ..logstore.record import RecordBuilder, load_encodings
-from ..logstore.redact import SecretMask
 from ..logstore.spool import Spool
 from .metrics import GatewayMetrics
 
 log = logging.getLogger("llm_proxy.observe")
-
-
-def _secrets(config: Config) -> list[str]:
-    """Every configured credential: never stored, whatever the content policy."""
-    found: list[str] = []
-    for provider in config.providers.values():
-        key = getattr(provider, "api_key", None)
-        if key:
-            found.append(key)
-        for name, value in provider.headers.items():
-            if name.lower() in ("authorization", "api-key", "x-api-key"):
-                found.append(value)
-                found.append(value.split()[-1])
-    return found
 
 
 class CallRecorder:
@@ -40,7 +26,8 @@ class CallRecorder:
         self.config = config
         self.prometheus = GatewayMetrics()
         content = settings.content if settings.enabled else "none"
-        builder = RecordBuilder(PriceTable(settings.prices), content, SecretMask(_secrets(config)))
+        secrets = SecretMask(configured_secrets(config))
+        builder = RecordBuilder(PriceTable(settings.prices), content, secrets)
         store = open_store(settings.store, settings.store_timeout_s) if settings.enabled else None
         spool = Spool(settings.spool_path) if settings.enabled else None
         self.builder = builder
@@ -94,7 +81,7 @@ class CallRecorder:
         """Note the call for recording once its response is on its way; never raises."""
         try:
             latency_s = time.perf_counter() - call.started
-            auth = call.headers.get("authorization")
+            auth = client_key(call.headers)
             pending = self._finished
             pending.append((call, outcome, time.time(), latency_s, auth))
             if len(pending) == 1:

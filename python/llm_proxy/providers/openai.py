@@ -33,7 +33,9 @@ class OpenAICompatible:
         self.name = name
         self.config = config
         self.client = UpstreamClient(
-            max_connections=config.max_connections, connect_timeout_s=config.connect_timeout_s
+            max_connections=config.max_connections,
+            connect_timeout_s=config.connect_timeout_s,
+            max_response_bytes=config.max_response_bytes,
         )
         self.base_url = config.base_url.rstrip("/")
         headers = {"content-type": "application/json", "accept": "application/json"}

@@ -34,9 +34,10 @@ class RelayedStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         call, relay = self._call, self._relay
         passthrough = type(self).translate is RelayedStream.translate
+        upstream = self._upstream
         waited = time.perf_counter()
         try:
-            async for chunk in self._upstream.chunks():
+            async for chunk in upstream.chunks():
                 call.upstream_s += time.perf_counter() - waited
                 try:
                     events = relay.feed(chunk)
@@ -47,6 +48,7 @@ class RelayedStream:
                 if not passthrough:
                     events = [item for event in events for item in self.translate(event)]
                 if events:
+                    upstream.event_arrived()
                     yield events[0] if len(events) == 1 else b"".join(events)
                 waited = time.perf_counter()
             call.upstream_s += time.perf_counter() - waited

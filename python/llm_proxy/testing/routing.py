@@ -139,7 +139,13 @@ class MockState:
         if ctl.fail_ratio:
             status = (status if status >= 300 else 500) if random.random() < ctl.fail_ratio else 0
         if status >= 300:
-            return anthropic_wire.error(status) if anthropic else openai_wire.error(status)
+            if anthropic:
+                return anthropic_wire.error(status)
+            if req.headers.get("x-mock-echo-key"):
+                # As OpenAI does for a wrong key: the error quotes the key it was sent.
+                sent = req.headers.get("authorization", "").split()[-1:] or [""]
+                return openai_wire.error(status, f"Incorrect API key provided: {sent[0]}.")
+            return openai_wire.error(status)
         if req.method == "GET":
             if path == "/v1/models":
                 return openai_wire.models()

@@ -16,7 +16,16 @@ import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from ..errors import GatewayError
-from .connection import Broken, Connection, Origin, Silent, Target, expire, waiting_failed
+from .connection import (
+    Broken,
+    Connection,
+    Origin,
+    Silent,
+    Target,
+    expire,
+    too_large,
+    waiting_failed,
+)
 from .headers import body_decoder, encode_headers
 
 # Idle connections older than this are not reused (servers drop idle keep-alives).
@@ -37,29 +46,53 @@ class UpstreamResponse:
 class UpstreamStream:
     """An upstream answer whose body is read as it arrives; `headers` has lowercase names."""
 
-    __slots__ = ("_conn", "_decoder", "_finished", "_silence_s", "headers", "status")
+    __slots__ = (
+        "_conn",
+        "_decoded",
+        "_decoder",
+        "_finished",
+        "_quiet_until",
+        "_silence_s",
+        "headers",
+        "status",
+    )
 
     def __init__(self, conn: Connection, silence_s: float) -> None:
         self._conn = conn
         self._finished = False
         self._silence_s = silence_s
+        self._quiet_until = conn.loop.time() + silence_s
+        self._decoded = 0
         self.status = conn.status
         self.headers: Mapping[str, str] = conn.headers
         self._decoder = body_decoder(conn.headers)
 
+    def event_arrived(self) -> None:
+        """A whole event arrived: the silence allowed (`silence_s`) starts again.
+
+        Bytes that do not complete an event do not restart it, so an upstream that drips
+        a byte at a time without ever finishing an event still times out.
+        """
+        self._quiet_until = self._conn.loop.time() + self._silence_s
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; what arrived before a failure is delivered first."""
         conn = self._conn
+        limit = conn.client.max_response_bytes
         while True:
             if conn.parts:
                 data = conn.take()
                 if self._decoder is not None:
                     try:
-                        data = self._decoder.decompress(data)
+                        data = self._decoder.decompress(data, limit - self._decoded + 1)
                     except zlib.error:
                         self.release()
                         message = "upstream sent a stream that does not decompress"
                         raise GatewayError(502, message) from None
+                    self._decoded += len(data)
+                    if self._decoded > limit:
+                        self.release()
+                        raise too_large(limit)
                 if data:
                     yield data
                 continue
@@ -67,10 +100,12 @@ class UpstreamStream:
                 self.release()
                 rest = self._decoder.flush() if self._decoder is not None else b""
                 if rest:
+                    if self._decoded + len(rest) > limit:
+                        raise too_large(limit)
                     yield rest
                 return
             try:
-                await conn.wait(self._silence_s)
+                await conn.wait(self._quiet_until - conn.loop.time())
             except Silent:
                 self.release()
                 raise GatewayError(504, "upstream went silent mid-stream (timeout)") from None
@@ -120,9 +155,18 @@ class UpstreamClient:
 
     loop: asyncio.AbstractEventLoop  # the loop `start` ran on; connections belong to it
 
-    def __init__(self, *, max_connections: int, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        connect_timeout_s: float,
+        max_response_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self._max_connections = max_connections
         self._connect_timeout_s = connect_timeout_s
+        # An answer larger than this, after decompression, is refused with a 502.
+        self.max_response_bytes = max_response_bytes
+        self._sweeper: asyncio.TimerHandle | None = None
         self._idle: dict[Origin, list[Connection]] = {}
         self._open: set[Connection] = set()
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -133,9 +177,13 @@ class UpstreamClient:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._started = True
+        self._sweeper = self.loop.call_later(KEEPALIVE_S / 2, self._sweep)
 
     async def close(self) -> None:
         self._started = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._open):
             conn.abort()
         self._idle.clear()
@@ -179,10 +227,16 @@ class UpstreamClient:
             conn.abort()
         decoder = body_decoder(response.headers)
         if decoder is not None:
+            limit = self.max_response_bytes
             try:
-                response.body = decoder.decompress(data) + decoder.flush()
+                body = decoder.decompress(data, limit + 1)
+                if len(body) <= limit:
+                    body += decoder.flush()
             except zlib.error:
                 raise GatewayError(502, "upstream sent a body that does not decompress") from None
+            if len(body) > limit:
+                raise too_large(limit)
+            response.body = body
         return response
 
     async def post_stream(
@@ -306,6 +360,17 @@ class UpstreamClient:
             self._forget(conn)
             raise
         return conn
+
+    def _sweep(self) -> None:
+        """Close the idle connections kept longer than KEEPALIVE_S (they would not be reused)."""
+        now = self.loop.time()
+        for idle in self._idle.values():
+            stale = [conn for conn in idle if now - conn.idle_since >= KEEPALIVE_S]
+            for conn in stale:
+                idle.remove(conn)
+                conn.abort()
+        if self._started:
+            self._sweeper = self.loop.call_later(KEEPALIVE_S / 2, self._sweep)
 
     def _release(self, conn: Connection) -> None:
         """Return a connection whose exchange is complete to the idle pool."""

@@ -32,10 +32,26 @@ class Silent(Exception):
     """No byte arrived within the allowed time."""
 
 
+class TooLarge(Broken):
+    """The answer passed the client's max_response_bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("too large")
+        self.limit = limit
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        502, f"the upstream's answer is larger than {limit} bytes (max_response_bytes)"
+    )
+
+
 def waiting_failed(exc: Silent | Broken, timeout_s: float) -> GatewayError:
     """The client's error for a request whose connection went silent or broke."""
     if isinstance(exc, Silent):
         return GatewayError(504, f"upstream timed out after {timeout_s:g} s")
+    if isinstance(exc, TooLarge):
+        return too_large(exc.limit)
     return GatewayError(502, f"upstream connection failed: {exc.kind}")
 
 
@@ -82,6 +98,7 @@ class Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.parts: list[bytes] = []
         self.buffered = 0
+        self.body_bytes = 0
         self.paused = False
         self.received = False
         self.head_done = False
@@ -181,6 +198,11 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.client.max_response_bytes:
+            self._fail(TooLarge(self.client.max_response_bytes))
+            self.abort()
+            return
         self.parts.append(body)
         if self.streaming:
             self.buffered += len(body)

@@ -66,7 +66,9 @@ class Anthropic:
         self.name = name
         self.config = config
         self.client = UpstreamClient(
-            max_connections=config.max_connections, connect_timeout_s=config.connect_timeout_s
+            max_connections=config.max_connections,
+            connect_timeout_s=config.connect_timeout_s,
+            max_response_bytes=config.max_response_bytes,
         )
         self.url = config.base_url.rstrip("/") + "/v1/messages"
         headers = {
