@@ -222,3 +222,16 @@ def test_the_deployments_command_prints_the_admin_view(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_admin_view_masks_provider_keys_an_upstream_echoed() -> None:
+    data = group_config()
+    data["providers"] = {
+        "a": {"kind": "openai", "api_key": "sk-provider-secret-1"},
+        "b": {"kind": "mock"},
+    }
+    pipeline = Pipeline(parse_config(data))
+    group = pipeline.router.groups["g"]
+    group.deployments[0].failed(1.0, 401, "error", "Incorrect API key sk-provider-secret-1", None)
+    text = json.dumps(deployments_state(pipeline.router))
+    assert "sk-provider-secret-1" not in text and "[SECRET]" in text

@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from .. import _core
 from ..calls import Call, Deployment, EventStream, Reply
 from ..config import Config
+from ..credentials import SecretMask, configured_secrets
 from ..errors import GatewayError, bad_request, model_not_found
 from ..providers import Provider
 from .attempts import RouteState
@@ -27,6 +28,8 @@ class Router:
         self._deployments: dict[str, Deployment] = {}
         self.groups: dict[str, ModelGroup] = {}
         self.probes: HealthProbes | None = None
+        # Provider keys an upstream echoed in an error are masked before the admin view.
+        self.secrets = SecretMask(configured_secrets(config))
         for name, model in config.models.items():
             self._deployments[name] = Deployment(name, model.provider, model.model)
             if model.grouped:

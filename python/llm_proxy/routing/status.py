@@ -12,6 +12,7 @@ def deployments_state(router: Router) -> dict[str, Any]:
     """Each model group's deployments as JSON-able data: state, calls in flight, EWMA
     latency, breaker state and recent errors (this worker's view)."""
     now = time.monotonic()
+    mask = router.secrets
     groups = []
     for group in router.groups.values():
         deployments = []
@@ -41,7 +42,7 @@ def deployments_state(router: Router) -> dict[str, Any]:
                     "attempts": d.attempts,
                     "failures": d.failures,
                     "recent_errors": [
-                        {"at": at, "status": status, "kind": kind, "message": message}
+                        {"at": at, "status": status, "kind": kind, "message": mask(message)}
                         for at, status, kind, message in d.errors
                     ],
                 }
