@@ -45,3 +45,16 @@ def test_the_built_in_default_config_is_valid() -> None:
     config = load_config(None)
     assert config.models
     assert all(m.provider in config.providers for m in config.models.values())
+
+
+def test_writer_priority_and_the_queue_bound_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("logging: {writer_priority: normal, queue_max_bytes: 1048576}\n")
+    settings = load_config(str(path)).logging
+    assert (settings.writer_priority, settings.queue_max_bytes) == ("normal", 1048576)
+    path.write_text("logging: {writer_priority: realtime}\n")
+    with pytest.raises(ConfigError, match="writer_priority"):
+        load_config(str(path))
+    path.write_text("logging: {queue_max_bytes: 0}\n")
+    with pytest.raises(ConfigError, match="queue_max_bytes"):
+        load_config(str(path))

@@ -7,7 +7,6 @@ import time
 import msgspec
 import pytest
 from llm_proxy.calls import Call, Deployment, Outcome, ResponseHead, SimpleSummary, Usage
-from llm_proxy.credentials import SecretMask
 from llm_proxy.logstore.prices import PriceTable
 from llm_proxy.logstore.record import RecordBuilder
 
@@ -24,7 +23,7 @@ def test_cached_prompt_tokens_are_priced_at_the_cached_rate() -> None:
     assert usage is not None and usage.prompt_tokens_details is not None
     call = Call(request_id="r1", door="http", endpoint="chat", body=b"{}", model="gpt-4o-mini")
     call.deployment = Deployment("gpt-4o-mini", "up", "gpt-4o-mini")
-    builder = RecordBuilder(PriceTable(), "none", SecretMask([]))
+    builder = RecordBuilder(PriceTable(), "none")
     record = builder.build(
         call, Outcome(200, usage=usage, response_body=ANSWER), time.time(), 0.01, None
     )
@@ -41,8 +40,9 @@ def test_record_carries_every_figure_of_the_call() -> None:
     call.key_id, call.team, call.stream = "key-1", "team-a", True
     call.first_token_s, call.upstream_s, call.cache_status = 0.004, 0.008, "miss"
     outcome = Outcome(429, "rate_limit_error", "slow down sk-caller", usage=None)
-    builder = RecordBuilder(PriceTable(), "none", SecretMask([]))
-    record = builder.build(call, outcome, 1000.0, 0.010, "Bearer sk-caller")
+    builder = RecordBuilder(PriceTable(), "none")
+    # The caller's key goes with the record; the writer masks it (and cleans the text).
+    record = builder.build(call, outcome, 1000.0, 0.010, "sk-caller")
     assert msgspec.structs.asdict(record) == {
         "id": "",
         "ts": pytest.approx(999.99),
@@ -57,7 +57,7 @@ def test_record_carries_every_figure_of_the_call() -> None:
         "stream": True,
         "status": 429,
         "error_type": "rate_limit_error",
-        "error_message": "slow down [SECRET]",
+        "error_message": "slow down sk-caller",
         "latency_ms": pytest.approx(10.0),
         "upstream_ms": pytest.approx(8.0),
         "overhead_ms": pytest.approx(2.0),
@@ -73,6 +73,7 @@ def test_record_carries_every_figure_of_the_call() -> None:
         "completion": None,
         "tool_calls": None,
         "attempts": None,
+        "caller_key": "sk-caller",
     }
     # A plain call leaves the optional fields at their defaults.
     plain = Call(request_id="r3", door="http", endpoint="chat", body=b"{}", model="nowhere")
@@ -94,7 +95,7 @@ def test_price_is_looked_up_once_per_model_pair_and_names_stay_bounded() -> None
 
 
 def test_record_figures_of_usage_counted_tokens_and_cache_hits() -> None:
-    builder = RecordBuilder(PriceTable(), "none", SecretMask([]))
+    builder = RecordBuilder(PriceTable(), "none")
     deployment = Deployment("mini", "up", "gpt-4o-mini")
 
     def call(**fields: object) -> Call:

@@ -242,7 +242,9 @@ class LoggingConfig(_Section):
     content: Literal["full", "redacted", "none"] = "full"
     retention_days: float = 30.0
     max_rows: int | None = None
-    queue_size: int = 10000
+    # Records waiting for the writer are bounded by their bytes (prompt and answer included);
+    # past it a record is dropped and counted, never the response delayed.
+    queue_max_bytes: int = 256 * MiB
     batch_size: int = 500
     # The writer wakes this often (or at batch_size records); short, so each batch is a short
     # burst on the worker's core rather than a long one that delays requests.
@@ -255,15 +257,13 @@ class LoggingConfig(_Section):
     retry_interval_s: float = 1.0
     # How often retention (retention_days, max_rows) is enforced; also done at startup.
     purge_interval_s: float = 300.0
-    # The writer thread's CPU priority: `normal` writes each batch in one go; `idle` (Linux)
-    # writes only when the core has nothing else to do (a better tail, a worse median; see
-    # benchmarks/README.md). Either way a writer whose queue passes a quarter full is given
-    # the CPU, so a saturated core drops no records.
+    # The writer thread's CPU priority: `normal`, or `idle` (Linux: it writes only when the
+    # core has nothing else to do).
     writer_priority: Literal["idle", "normal"] = "normal"
 
     def __post_init__(self) -> None:
-        if self.queue_size < 1 or self.batch_size < 1:
-            raise ValueError("logging.queue_size and logging.batch_size must be positive")
+        if self.queue_max_bytes < 1 or self.batch_size < 1:
+            raise ValueError("logging.queue_max_bytes and logging.batch_size must be positive")
         if self.flush_interval_s <= 0 or self.store_timeout_s <= 0:
             raise ValueError(
                 "logging.flush_interval_s and logging.store_timeout_s must be positive"

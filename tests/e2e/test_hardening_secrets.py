@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from llm_proxy.logstore.spool import Spool
+from llm_proxy import _core
 
 from tests.e2e.test_observe import logging_config, record_of
 from tests.support.servers import MockUpstream, start_gateway
@@ -105,8 +105,14 @@ def test_the_sqlite_store_and_the_spool_are_readable_by_their_owner_only(
         assert "log.db" in {p.name for p in made}
     finally:
         gw.stop()
-    spool = Spool(str(tmp_path / "log.spool"))
-    spool.append([])
+    # A writer whose store is down spools: its spool file is 0600 too.
+    spool = _core.LogWriter("postgresql://127.0.0.1:9/none", str(tmp_path / "log.spool"))
+    spool.submit(
+        b'{"id":"","ts":1.0,"request_id":"r","door":"http","model":"m",'
+        b'"endpoint":"chat","status":200,"latency_ms":1.0,"upstream_ms":0.0,'
+        b'"overhead_ms":1.0}'
+    )
+    spool.flush(10)
     try:
         for path in [*made, tmp_path / "log.spool"]:
             if path.exists():
@@ -114,4 +120,4 @@ def test_the_sqlite_store_and_the_spool_are_readable_by_their_owner_only(
                 assert mode & 0o077 == 0, f"{path.name} is {oct(mode)}"
         assert (tmp_path / "log.spool").exists()
     finally:
-        spool.close()
+        spool.close(5)

@@ -1,15 +1,16 @@
 """The request log: records, their schema, the SQLite and PostgreSQL stores, spool and writer.
 
-`open_store(url)` picks the backend named by `logging.store`; `LogWriter` takes finished
-records (hand over, flush, close) and writes them in batches off the event loop.
+`open_store(url)` picks the backend named by `logging.store` (schema, reads); `open_writer`
+starts the Rust core's writer, which takes finished records (hand over, flush, close) and
+writes them in batches off the event loop.
 """
 
 from __future__ import annotations
 
 from .schema import LogStore, StoreError
-from .writer import LogWriter
+from .writer import open_writer, prepare_schema
 
-__all__ = ["LogStore", "LogWriter", "StoreError", "open_store"]
+__all__ = ["LogStore", "StoreError", "open_store", "open_writer", "prepare_schema"]
 
 
 def open_store(url: str, timeout_s: float = 2.0) -> LogStore:

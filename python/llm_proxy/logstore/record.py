@@ -10,10 +10,8 @@ import msgspec
 
 from .. import _core, calls
 from ..calls import Call, Outcome
-from ..credentials import SecretMask
-from ..wire.openai import AnswerContent, answer_decoder
+from ..wire.openai import NULL, AnswerContent, answer_decoder
 from .prices import PriceTable
-from .redact import redact
 
 ContentPolicy = Literal["full", "redacted", "none"]
 
@@ -56,6 +54,13 @@ class LogRecord(msgspec.Struct, kw_only=True):
 COLUMNS: tuple[str, ...] = LogRecord.__struct_fields__
 
 
+class Handover(LogRecord, kw_only=True):
+    """A record as the loop hands it to the writer: with the caller's key, which the writer
+    masks wherever it appears in the record's text and never stores."""
+
+    caller_key: str | None = None
+
+
 def as_row(record: LogRecord) -> tuple[object, ...]:
     return msgspec.structs.astuple(record)
 
@@ -94,7 +99,7 @@ def _completion_of(answer: AnswerContent | None) -> tuple[str, str | None]:
         if choice.message is not None:
             if choice.message.content:
                 texts.append(choice.message.content)
-            if choice.message.tool_calls is not None:
+            if choice.message.tool_calls != NULL:
                 tools.append(bytes(choice.message.tool_calls))
         elif choice.text:
             texts.append(choice.text)
@@ -150,24 +155,21 @@ def _count_prompt(call: Call, model: str) -> int:
     return 0
 
 
-def _token(auth: object) -> str | None:
-    """The caller's key from its Authorization value (masked wherever it appears)."""
-    return str(auth).split()[-1] if auth else None
-
-
 class RecordBuilder:
-    """Turns (call, outcome, timing) into a LogRecord: tokens, cost, content policy."""
+    """Turns (call, outcome, timing) into a record: tokens, cost, timings.
 
-    def __init__(self, prices: PriceTable, content: ContentPolicy, secrets: SecretMask) -> None:
+    The text is left as it came: the writer applies the content policy (redaction, secret
+    masking) on its own thread.
+    """
+
+    def __init__(self, prices: PriceTable, content: ContentPolicy) -> None:
         self.prices = prices
         self.content: ContentPolicy = content
-        self.secrets = secrets
 
     def build(
-        self, call: Call, outcome: Outcome, ended: float, latency_s: float, auth: object
-    ) -> LogRecord:
-        """The record without its content (prompt, completion): see `add_content`."""
-        token = _token(auth)
+        self, call: Call, outcome: Outcome, ended: float, latency_s: float, caller_key: object
+    ) -> Handover:
+        """The record of a finished call, without its prompt and answer text."""
         deployment = call.deployment
         count_model = deployment.model if deployment is not None else call.model
         summary = outcome.summary
@@ -218,14 +220,12 @@ class RecordBuilder:
                     (count_model, call.model), prompt_tokens, completion_tokens, cached
                 )
 
-        error_message = self._clean(outcome.error_message, token)
-
         upstream_ms = call.upstream_s * 1000.0
         latency_ms = latency_s * 1000.0
         # The fields every call has by keyword; the others only where they differ from their
         # defaults (each keyword costs time on the event loop).
-        record = LogRecord(
-            id="",  # given by the writer, for records that are stored
+        record = Handover(
+            id="",  # given by the writer
             ts=ended - latency_s,
             request_id=call.request_id,
             door=call.door,
@@ -248,8 +248,10 @@ class RecordBuilder:
             record.stream = True
         if outcome.error_type is not None:
             record.error_type = outcome.error_type
-        if error_message is not None:
-            record.error_message = error_message
+        if outcome.error_message is not None:
+            record.error_message = outcome.error_message
+        if caller_key:
+            record.caller_key = str(caller_key)
         if call.first_token_s is not None:
             record.ttft_ms = call.first_token_s * 1000.0
         if prompt_tokens is not None or completion_tokens is not None:
@@ -263,27 +265,3 @@ class RecordBuilder:
         if call.routing is not None and call.routing.attempts:
             record.attempts = call.routing.attempts_json()
         return record
-
-    def add_content(self, record: LogRecord, call: Call, outcome: Outcome, auth: object) -> None:
-        """Fill the prompt and completion as the content policy says (the costly part)."""
-        if self.content == "none":
-            return
-        token = _token(auth)
-        summary = outcome.summary
-        completion_text = tool_calls = None
-        if summary is not None:
-            completion_text = summary.text
-            tool_calls = summary.tool_calls_json if summary.tool_calls_json != "[]" else None
-        elif call.endpoint != "embeddings" and outcome.status < 400:
-            answer = _read_answer(outcome.response_body) if not call.stream else None
-            completion_text, tool_calls = _completion_of(answer)
-        record.prompt = self._clean(call.prompt_json.decode("utf-8", "replace"), token)
-        record.completion = self._clean(completion_text, token)
-        record.tool_calls = self._clean(tool_calls, token)
-
-    def _clean(self, text: str | None, token: str | None) -> str | None:
-        if text is None:
-            return None
-        if self.content == "redacted":
-            text = redact(text)
-        return self.secrets(text, token)

@@ -292,9 +292,9 @@ class GatewayMetrics:
             "Log records lost because the queue was full (never silently).",
             registry=r,
         )
-        self.log_writer_yields = Counter(
-            "llm_proxy_log_writer_yields",
-            "Times the event loop stepped aside for a log writer that fell behind.",
+        self.log_dead_lettered = Counter(
+            "llm_proxy_log_records_dead_lettered",
+            "Log records the store refused even alone, set aside in the dead-letter file.",
             registry=r,
         )
         self.log_store_errors = Counter(
@@ -303,6 +303,12 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "llm_proxy_log_queue_depth",
             "Finished calls waiting to be recorded.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_bytes = Gauge(
+            "llm_proxy_log_queue_bytes",
+            "Bytes of the records waiting to be recorded (bounded by logging.queue_max_bytes).",
             registry=r,
             multiprocess_mode="livesum",
         )
@@ -319,7 +325,7 @@ class GatewayMetrics:
             multiprocess_mode="livemin",
         )
 
-    def observe_batch(self, records: list[LogRecord]) -> None:
+    def observe_batch(self, records: Sequence[LogRecord]) -> None:
         """Count a batch of records: histograms per record, counters once per batch and kind
         of call. A call to a model no deployment serves counts as model UNKNOWN_MODEL: names
         clients make up must not make series without end.

@@ -120,8 +120,9 @@ class EmbeddingList(msgspec.Struct):
 
 class AnswerMessage(msgspec.Struct):
     content: str | None = None
-    # Raw: the log stores the tool calls exactly as the upstream wrote them.
-    tool_calls: msgspec.Raw | None = None
+    # Raw: the log stores the tool calls exactly as the upstream wrote them. Not
+    # `Raw | None`: msgspec reads that union as "null only".
+    tool_calls: msgspec.Raw = NULL
 
 
 class AnswerChoice(msgspec.Struct):
