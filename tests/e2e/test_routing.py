@@ -104,6 +104,11 @@ def routing_config(upstream: MockUpstream, tmp: Path) -> dict[str, Any]:
         models[f"flaky-{door}"] = {
             "deployments": [_dep("ok"), _dep("ok2"), _dep("flaky")],
         }
+        models[f"stuck-group-deadline-{door}"] = {
+            "timeout_s": 0.6,
+            "retries": 5,
+            "deployments": [_dep("stuck"), _dep("stuck", name="stuck2")],
+        }
         models[f"stuck-{door}"] = {
             "retries": 5,
             "deployments": [_dep("stuck"), _dep("stuck", name="stuck2")],
@@ -451,6 +456,16 @@ def test_retries_never_exceed_the_deadline(doors: Doors, door: str, stream: bool
     took = time.monotonic() - started
     assert answer.error in ("504", "DEADLINE_EXCEEDED"), answer
     assert took < 0.6 + 0.35, took
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_the_groups_own_deadline_bounds_its_retries(doors: Doors, door: str) -> None:
+    started = time.monotonic()
+    answer = doors.ask(door, "stuck-group-deadline")
+    took = time.monotonic() - started
+    assert answer.error in ("504", "DEADLINE_EXCEEDED"), answer
+    assert took < 0.6 + 0.35, took
+    assert answer.headers["x-llm-proxy-deployment"] in ("stuck", "stuck2")
 
 
 def test_a_bad_client_timeout_is_a_400_in_openai_shape(gw: Gateway) -> None:
