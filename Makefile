@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-SOURCES := pyproject.toml Cargo.toml Cargo.lock $(wildcard rust/src/*.rs)
+SOURCES := pyproject.toml Cargo.toml Cargo.lock $(wildcard rust/src/*.rs rust/src/*/*.rs)
 
 .PHONY: install serve test test-rust test-py bench lint fmt clean
 

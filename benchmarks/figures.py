@@ -16,6 +16,8 @@ PROXY_FLOOR = "minimal proxy"
 LOGGED = "llm-proxy, logging full"
 # The peer gateways (`--peers`), by their names in the results, with their names in the report.
 PEERS = {"litellm": "LiteLLM", "portkey": "Portkey"}
+# A valid virtual key on every call (auth.mode: keys, the key declared in the YAML).
+AUTHED = "llm-proxy, auth on"
 
 # The goals; each is shown met or MISSED in the table.
 TARGETS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .figures import DIRECT, FLOOR, GATEWAY, LOGGED, PEERS, PROXY_FLOOR, added
+from .figures import AUTHED, DIRECT, FLOOR, GATEWAY, LOGGED, PEERS, PROXY_FLOOR, added
 from .scenarios import instructions
 
 LABELS = {
@@ -37,7 +37,9 @@ def markdown(r: dict[str, Any]) -> str:
     """The whole report: the run's conditions, then one section per scenario."""
     sc = r["scenarios"]
     names = [
-        n for n in (DIRECT, FLOOR, PROXY_FLOOR, GATEWAY, LOGGED, *PEERS) if n in sc["clients_1"]
+        n
+        for n in (DIRECT, FLOOR, PROXY_FLOOR, GATEWAY, LOGGED, AUTHED, *PEERS)
+        if n in sc["clients_1"]
     ]
     out = _conditions(r) + _targets(r) + _http(sc, names) + _logging(sc) + _streaming(sc, names)
     peers = [n for n in PEERS if n in names]

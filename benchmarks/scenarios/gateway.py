@@ -9,6 +9,7 @@ memory of a fresh gateway under load; and what the load generator drives alone.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import tempfile
 import time
@@ -16,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..figures import DIRECT, FLOOR, GATEWAY, LOGGED, PROXY_FLOOR
+from ..figures import AUTHED, DIRECT, FLOOR, GATEWAY, LOGGED, PROXY_FLOOR
 from ..harness import (
     CPUS,
     GATEWAY_CPU,
@@ -43,6 +44,21 @@ from ..load import (
     wrk,
 )
 from ..peers import PEERS, TITLES, WARM_S
+
+# The "auth on" gateway's one key, declared in its YAML by hash (no admin API, no writes).
+AUTH_KEY = "sk-lp-bench0000001-" + "s" * 43
+AUTH_ON = {
+    "mode": "keys",
+    "keys": [
+        {
+            "id": "bench0000001",
+            "secret_sha256": hashlib.sha256(b"s" * 43).hexdigest(),
+            "team": "bench",
+            "allowed_models": ["gpt-4o*"],
+        }
+    ],
+    "teams": {"bench": {"allowed_models": ["gpt-4o-mini"]}},
+}
 
 
 def progress(message: str) -> None:
@@ -179,6 +195,11 @@ def run(args: argparse.Namespace, results: dict[str, Any], peers: list[str]) -> 
         }
         logged = stack.enter_context(llm_proxy(up.url, tmp, logging=logging_full))
         warm(logged)
+        authed = stack.enter_context(
+            llm_proxy(up.url, tmp, auth={**AUTH_ON, "store": f"sqlite:///{tmp / 'keys.db'}"})
+        )
+        authed.headers = {"authorization": f"Bearer {AUTH_KEY}"}
+        warm(authed)
         # Peers whose streamed answers are measured: not LiteLLM at 64 clients (too slow to
         # finish a stream in the run), none whose streamed request fails (it would hang the
         # one-client loop, which reads until [DONE]).
@@ -199,7 +220,7 @@ def run(args: argparse.Namespace, results: dict[str, Any], peers: list[str]) -> 
         for clients in (1, 16, 64):
             progress(f"{clients} client(s): {', '.join(targets)}")
             sc[f"clients_{clients}"] = rounds(
-                {**targets, FLOOR: floor, PROXY_FLOOR: hop, LOGGED: logged},
+                {**targets, FLOOR: floor, PROXY_FLOOR: hop, LOGGED: logged, AUTHED: authed},
                 # One client's rounds have the fewest requests and the noisiest figures: >= 5.
                 runs if clients > 1 or args.quick else max(runs, 5),
                 lambda name, t, c=clients: load(

@@ -5,7 +5,11 @@ no work: it returns a prebuilt `ChatCompletionResponse` (optionally after sendin
 initial metadata the gateway sends). `grpc_bench --ceiling` drives it with the same
 load generator, so the difference to the gateway is what our code and the pipeline cost.
 
-    python -m benchmarks.scenarios.grpc_ceiling --port 50051 [--metadata]
+    python -m benchmarks.scenarios.grpc_ceiling --port 50051 [--metadata] [--rust]
+
+`--rust` serves the same fixed reply from the Rust core's server (`_core.GrpcServer`): each call
+crosses the hand-off to the loop and a do-nothing coroutine answers it, which is the floor of
+the gateway's gRPC door.
 """
 
 from __future__ import annotations
@@ -76,6 +80,27 @@ async def serve(port: int, metadata: bool, options: list[tuple[str, Any]]) -> No
     await server.stop(0)
 
 
+async def serve_rust(port: int, metadata: bool) -> None:
+    from llm_proxy._core import GrpcCall, GrpcServer
+    from llm_proxy.grpc.dispatch import CallDispatcher
+    from llm_proxy.grpc.server import descriptor_set
+
+    reply = REPLY.SerializeToString()
+    pairs = list(METADATA) if metadata else []
+
+    async def answer(call: GrpcCall) -> None:
+        call.answer(reply, pairs)
+
+    loop = asyncio.get_running_loop()
+    dispatcher = CallDispatcher(loop, answer)
+    server = GrpcServer("127.0.0.1", port, loop, dispatcher.on_events, descriptor_set(), 1 << 22)
+    print("ready", flush=True)
+    stopped = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    await stopped.wait()
+    server.close()
+
+
 def main() -> None:
     import uvloop
 
@@ -85,7 +110,11 @@ def main() -> None:
     parser.add_argument(
         "--option", action="append", default=[], help="a server channel option, KEY=INT"
     )
+    parser.add_argument("--rust", action="store_true", help="serve from the Rust core")
     args = parser.parse_args()
+    if args.rust:
+        uvloop.run(serve_rust(args.port, args.metadata))
+        return
     options = [(k, int(v)) for k, v in (o.split("=", 1) for o in args.option)]
     uvloop.run(serve(args.port, args.metadata, options))
 

@@ -1,7 +1,7 @@
-"""The Rust hot-path core (rust/src): cache keys, token counting, the SSE stream relay and
-the request-log writer."""
+"""The Rust hot-path core (rust/src): cache keys, token counting, the SSE stream relay, the
+request-log writer and the gRPC server."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Literal, TypedDict, final
 
 __version__: Final[str]
@@ -216,3 +216,88 @@ class LogWriter:
         answers, and stop the thread; False if `timeout` passed first. Releases the GIL."""
     def stats(self) -> LogWriterStats:
         """The counters, read without waiting for the writer."""
+
+@final
+class GrpcCall:
+    """One gRPC call handed to the loop by `GrpcServer`; answer it exactly once.
+
+    A unary call is answered with `answer` or `fail`; a stream with `start` (with or without
+    its first message), `send` (any number) and then `finish` or `fail`. `start`, `send` and
+    `fail` return 0 (taken), 1 (the client is reading slower than we write: wait, then send
+    the same again) or 2 (the call is over: the client went away or its deadline passed; its
+    task is being cancelled).
+    Raises RuntimeError when used against its kind or after its end.
+    """
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def method(self) -> str:
+        """The Gateway method: "ChatCompletion", "StreamChatCompletion", "Completion", ..."""
+    @property
+    def message(self) -> bytes:
+        """The request message, protobuf-encoded."""
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The request's ASCII metadata (binary `-bin` entries are left out; a repeated key
+        keeps its last value)."""
+    @property
+    def timeout(self) -> float | None:
+        """Seconds left before the client's deadline when the call arrived."""
+    @property
+    def open(self) -> bool:
+        """Whether the call can still be answered."""
+    def answer(self, message: bytes, metadata: list[tuple[str, str]]) -> None: ...
+    def fail(self, code: int, message: str, trailers: list[tuple[str, str]]) -> int: ...
+    def start(self, metadata: list[tuple[str, str]], first: bytes | None = None) -> int:
+        """A stream's initial metadata, with its first message when there is one."""
+    def send(self, message: bytes) -> int: ...
+    def finish(self) -> None: ...
+
+@final
+class GrpcServer:
+    """The gRPC server of one worker (tonic on a tokio runtime of its own thread).
+
+    Binds `host:port` with SO_REUSEPORT (OSError when it cannot) and serves llm_proxy.v1.Gateway,
+    grpc.health.v1.Health and reflection (v1 and v1alpha). Each call is scheduled on
+    `event_loop` as `on_events(events)`: a list of new `GrpcCall`s and of the ids (ints) of
+    calls to cancel, in order. A request message over `max_message_bytes` is answered
+    RESOURCE_EXHAUSTED; a call past its deadline DEADLINE_EXCEEDED (and cancelled).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        event_loop: object,
+        on_events: Callable[[list[GrpcCall | int]], object],
+        descriptor: bytes,
+        max_message_bytes: int,
+    ) -> None: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def stopped(self) -> bool:
+        """Whether every connection has closed after `drain`."""
+    def set_serving(self, serving: bool) -> None:
+        """What health checks answer: SERVING or NOT_SERVING."""
+    def drain(self) -> None:
+        """Stop taking connections and calls (GOAWAY); calls in flight go on."""
+    def close(self) -> None:
+        """End every connection now and wait for the server's thread."""
+
+def grpc_chat_body(message: bytes, stream: bool) -> bytes | None:
+    """The OpenAI JSON body for a serialized (Stream)ChatCompletionRequest of the common shape
+    (text messages, sampling fields; no tools, response_format or extra_json), or None: the
+    Python translation (llm_proxy.grpc.bodies) then applies and names any error."""
+
+def grpc_chat_response(body: bytes, request_id: str, cache_status: str) -> bytes | None:
+    """A serialized ChatCompletionResponse for the upstream's JSON chat answer, or None when
+    its shape is unexpected (llm_proxy.grpc.replies then applies and names the problem)."""
+
+def grpc_chat_chunks(
+    events: bytes, first: bool, request_id: str, cache_status: str
+) -> list[bytes] | None:
+    """Serialized StreamChatCompletionResponses for plain OpenAI SSE `data:` events, the first
+    carrying `request_id` and `cache_status` when `first`; None when the events are of another
+    shape or carry an error (llm_proxy.grpc.replies.ChunkRenderer then renders them)."""

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["PromptTokensDetails", "ResponseHead", "Usage"]
 
 Endpoint = Literal["chat", "completions", "embeddings"]
+# The API the client speaks: OpenAI's, Anthropic's Messages, or OpenAI's Responses. A call
+# from the latter two carries a chat body (`body`) translated from the client's
+# (`client_body`), which a provider speaking the client's API forwards instead.
+ClientWire = Literal["openai", "anthropic", "responses"]
+_WIRE_ENDPOINTS = {"anthropic": "messages", "responses": "responses"}
 
 
 class Headers(Protocol):
@@ -98,8 +103,18 @@ class Call:
     span: CallSpan | None = None
     # Set when the gateway itself cut the call short (it was shutting down).
     cut_by_shutdown: bool = False
+    wire: ClientWire = "openai"
+    client_body: bytes = b""
+    # The door forwards `client_body` (the model's provider speaks the client's API): the
+    # answer is in the client's format, not OpenAI's, so it is not cached.
+    passthrough: bool = False
     # A model group's routing (attempts, fallback); None for a one-deployment model.
     routing: RouteState | None = None
+
+    @property
+    def api_endpoint(self) -> str:
+        """The endpoint as the client called it (`messages`, `responses`), for the log."""
+        return self.endpoint if self.wire == "openai" else _WIRE_ENDPOINTS[self.wire]
 
     def remaining_s(self, limit: float) -> float:
         """The time the upstream may take: the provider's limit, bounded by the deadline."""

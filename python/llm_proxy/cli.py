@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__, capacity
 from .config import Config, ConfigError, load_config
+from .keys import cli as keys_cli
 from .logstore import cli as logstore_cli
 
 
@@ -38,6 +39,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.grpc_port is not None:
         os.environ["LLM_PROXY_GRPC_PORT"] = str(args.grpc_port)
     host = args.host or config.server.host
+    from .keys import KeyStoreError, check_exposure, prepare_store
+
+    try:
+        check_exposure(config, host)
+        # Once here, not in each worker: a worker that failed would be respawned forever.
+        prepare_store(config)
+    except (ConfigError, KeyStoreError) as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr)
+        return 2
     os.environ["LLM_PROXY_HOST"] = host
     port = config.server.port if args.port is None else args.port
     workers = args.workers or config.server.workers
@@ -133,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     deployments.add_argument("--json", action="store_true", help="print the JSON as served")
     deployments.set_defaults(func=cmd_deployments)
+
+    keys_cli.add_commands(sub)
 
     cap = sub.add_parser("capacity", help="cores (workers) needed for a load, from a bench result")
     capacity.add_arguments(cap)

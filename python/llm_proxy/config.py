@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8080
     grpc_port: int = 50051
+    # The admin API (keys, teams, projects); 0 turns it off. It also needs auth.admin_key.
+    admin_port: int = 8081
     workers: int = 1
     max_body_bytes: int = 4 * MiB
     shutdown_grace_s: float = 30.0
@@ -48,12 +51,27 @@ class OpenAIProvider(_ProviderBase, tag="openai", kw_only=True):
     base_url: str = "https://api.openai.com/v1"
     api_key: str | None = None
     organization: str | None = None
+    # Whether the upstream serves OpenAI's Responses API itself (`/v1/responses` is passed
+    # through); unset: true for OpenAI's own base URL, false for other servers (vLLM, ...).
+    responses_api: bool | None = None
+
+
+def speaks_responses(provider: object) -> bool:
+    """Whether a provider serves the Responses API itself (Azure does; OpenAI's own URL does)."""
+    if isinstance(provider, AzureProvider):
+        return provider.responses_api is not False
+    if isinstance(provider, OpenAIProvider):
+        if provider.responses_api is not None:
+            return provider.responses_api
+        return provider.base_url.rstrip("/").startswith("https://api.openai.com")
+    return False
 
 
 class AzureProvider(_ProviderBase, tag="azure", kw_only=True):
     base_url: str
     api_key: str | None = None
     api_version: str = "2024-10-21"
+    responses_api: bool | None = None
 
 
 class AnthropicProvider(_ProviderBase, tag="anthropic", kw_only=True):
@@ -302,6 +320,58 @@ class TelemetryConfig(_Section):
             raise ValueError("telemetry.service_name must not be empty")
 
 
+class DeclaredKey(_Section):
+    """A key declared in the YAML by the SHA-256 of its secret (`llm-proxy keys hash`)."""
+
+    id: str
+    secret_sha256: str
+    alias: str | None = None
+    team: str | None = None
+    project: str | None = None
+    allowed_models: list[str] = []
+    allowed_endpoints: list[str] = []
+    expires_at: datetime | None = None
+    blocked: bool = False
+    tags: list[str] = []
+    metadata: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", self.secret_sha256):
+            raise ValueError("secret_sha256 must be 64 hex digits (llm-proxy keys hash KEY)")
+        if not self.id or "-" in self.id:
+            raise ValueError("id must be non-empty, without `-`")
+        for endpoint in self.allowed_endpoints:
+            if endpoint not in ("chat", "completions", "embeddings"):
+                raise ValueError(f"unknown endpoint `{endpoint}` in allowed_endpoints")
+
+
+class DeclaredGroup(_Section):
+    allowed_models: list[str] = []
+    metadata: dict[str, Any] = {}
+
+
+class AuthConfig(_Section):
+    """Who may call: virtual keys (`keys`) or anyone (`none`); see docs/keys.md."""
+
+    mode: Literal["keys", "none"] = "none"
+    # Guards the admin API; falls back to the LLM_PROXY_ADMIN_KEY environment variable.
+    admin_key: str | None = None
+    allow_anonymous_non_loopback: bool = False
+    # Where keys live; the log store's database unless set.
+    store: str | None = None
+    # With Redis, key changes reach other instances at once (the version poll is the floor).
+    redis_url: str | None = None
+    redis_channel: str = "llm-proxy:keys"
+    poll_interval_s: float = 0.25
+    keys: list[DeclaredKey] = []
+    teams: dict[str, DeclaredGroup] = {}
+    projects: dict[str, DeclaredGroup] = {}
+
+    def __post_init__(self) -> None:
+        if not 0 < self.poll_interval_s <= 0.5:
+            raise ValueError("auth.poll_interval_s must be in (0, 0.5]")
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     providers: dict[str, ProviderConfig] = {}
@@ -309,6 +379,7 @@ class Config(_Section):
     cache: CacheConfig = msgspec.field(default_factory=CacheConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -388,6 +459,8 @@ def _check(config: Config) -> None:
         raise ConfigError("port must be 0..65535 - at `$.server.port`")
     if not 0 <= config.server.grpc_port < 65536:
         raise ConfigError("port must be 0..65535 - at `$.server.grpc_port`")
+    if not 0 <= config.server.admin_port < 65536:
+        raise ConfigError("port must be 0..65535 - at `$.server.admin_port`")
     if config.server.workers < 1:
         raise ConfigError("workers must be at least 1 - at `$.server.workers`")
     for name, provider in config.providers.items():

@@ -2,11 +2,12 @@
 
 Every call, whole or streamed, runs:
 
-1. admission: each stage of `Pipeline.admission` in order. Today that is `route` (the
-   model name to its deployment, or to its group of deployments: an unknown model is
-   refused here). The coming stages
-   (authenticate, limits and budgets, input guardrails, prompt rendering) join this list;
-   any stage refuses a call by raising GatewayError.
+1. admission: each stage of `Pipeline.admission` in order. Today that is `authenticate`
+   (with `auth.mode: keys`: the caller's key, its allowed endpoints and models; first, so
+   nothing is spent on a refused call), then `route` (the model name to its deployment, or
+   to its group of deployments: an unknown model is refused here). The coming stages
+   (limits and budgets, input guardrails, prompt rendering) join this list; any stage
+   refuses a call by raising GatewayError.
 2. `cache.lookup`: a hit answers the call (replayed as a stream when streamed); 3 is skipped.
 3. `upstream`: the deployment's provider answers, whole or as an event stream; for a
    group, the router's runner does (deployments picked by strategy, retries and fallbacks
@@ -157,12 +158,14 @@ def _failed(call: Call, exc: BaseException) -> Outcome:
 class Pipeline:
     """Runs a Call through the stages; shared by the HTTP and gRPC front doors."""
 
-    def __init__(self, config: Config, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self, config: Config, recorder: Recorder | None = None, auth: Stage | None = None
+    ) -> None:
         self.config = config
         self.providers = {name: build_provider(name, p) for name, p in config.providers.items()}
         self.router = Router(config, self.providers)
         # Admission stages, in order (see the module docstring).
-        self.admission: list[Stage] = [self.router]
+        self.admission: list[Stage] = [self.router] if auth is None else [auth, self.router]
         self.recorder: Recorder = recorder or NullRecorder()
         # Provider keys an upstream echoes in its error never reach the client or the log.
         self._secrets = SecretMask(configured_secrets(config))
@@ -214,6 +217,16 @@ class Pipeline:
         if call.routing is not None:
             return None
         return self.providers[deployment.provider]
+
+    async def admit(self, call: Call) -> Provider:
+        """Admission alone, for a call answered without the upstream step (a token count);
+        the caller records it with `ended`. For a group, its first deployment's provider."""
+        provider = await self._admit(call)
+        if provider is None:
+            deployment = call.deployment
+            assert deployment is not None
+            return self.providers[deployment.provider]
+        return provider
 
     async def complete(self, call: Call) -> Reply:
         """A whole answer."""

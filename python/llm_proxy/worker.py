@@ -16,10 +16,12 @@ import msgspec
 
 from .config import Config, load_config
 from .http.door import HttpDoor
+from .keys import KeyService, check_exposure
 from .observe import build_recorder, worker_started
 from .pipeline import Pipeline
 
 if TYPE_CHECKING:
+    from .admin import AdminServer
     from .grpc import GrpcServer
 
 
@@ -29,14 +31,22 @@ class GatewayApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.grpc: GrpcServer | None = None
+        self.admin: AdminServer | None = None
         self.recorder = build_recorder(config)
-        self.pipeline = Pipeline(config, self.recorder)
-        self.http = HttpDoor(config, self.pipeline, self.recorder.metrics)
+        self.keys = KeyService(config)
+        self.pipeline = Pipeline(config, self.recorder, self.keys.stage)
+        self.http = HttpDoor(config, self.pipeline, self.recorder.metrics, self.keys.stage)
         # Granian calls `__rsgi__` per request: the door itself, with no hop through this object.
         self.__rsgi__ = self.http.__call__
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         worker_started()
+        # Migrates the key schema (refusing a newer one) and loads the key table.
+        self.keys.start()
+        if self.keys.admin_key and self.config.server.admin_port:
+            from .admin import start_admin
+
+            self.admin = loop.run_until_complete(start_admin(self.keys, self.config))
         loop.run_until_complete(self.recorder.start())
         loop.run_until_complete(self.pipeline.start())
         self.http.start(loop)
@@ -70,6 +80,8 @@ class GatewayApp:
         signal.signal(signal.SIGTERM, on_sigterm)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.admin is not None:
+            loop.run_until_complete(self.admin.close())
         if self.grpc is not None:
             # Granian kills the worker at shutdown_grace_s; leave a margin to close the rest.
             grace = max(0.5, self.config.server.shutdown_grace_s - 1.0)
@@ -78,6 +90,7 @@ class GatewayApp:
         loop.run_until_complete(self.pipeline.close())
         # Flushes every queued log record to the store (or the spool).
         loop.run_until_complete(self.recorder.close())
+        self.keys.stop()
 
 
 def create_app() -> GatewayApp:
@@ -91,6 +104,7 @@ def create_app() -> GatewayApp:
     host = os.environ.get("LLM_PROXY_HOST") or server.host
     grpc_port = os.environ.get("LLM_PROXY_GRPC_PORT")
     port = server.grpc_port if grpc_port in (None, "") else int(grpc_port)
+    check_exposure(config, host)
     if host != server.host or port != server.grpc_port:
         config = msgspec.structs.replace(
             config, server=msgspec.structs.replace(server, host=host, grpc_port=port)

@@ -2,6 +2,7 @@
 //! modules below, which `cargo test` exercises without an interpreter.
 
 pub mod cache_key;
+pub mod grpc;
 pub mod logwriter;
 pub mod sse;
 pub mod tokens;
@@ -365,6 +366,11 @@ mod bindings {
         m.add_class::<StreamSummary>()?;
         m.add_function(wrap_pyfunction!(redact, m)?)?;
         m.add_class::<LogWriter>()?;
+        m.add_class::<crate::grpc::py::GrpcServer>()?;
+        m.add_class::<crate::grpc::py::GrpcCall>()?;
+        m.add_function(wrap_pyfunction!(crate::grpc::py::grpc_chat_body, m)?)?;
+        m.add_function(wrap_pyfunction!(crate::grpc::py::grpc_chat_response, m)?)?;
+        m.add_function(wrap_pyfunction!(crate::grpc::py::grpc_chat_chunks, m)?)?;
         Ok(())
     }
 }

@@ -57,6 +57,7 @@ def routing_config(upstream: MockUpstream, tmp: Path) -> dict[str, Any]:
         "cut": _provider(upstream, {"x-mock-disconnect-after": "0"}),
         "broken": _provider(upstream, {"x-mock-disconnect-after": "3"}),
         "flaky": _provider(upstream, {"x-mock-fail-ratio": "0.5"}),
+        "claude": {"kind": "anthropic", "base_url": upstream.url, "api_key": "ant-test"},
         "nowhere": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
     }
     models: dict[str, Any] = {}
@@ -113,6 +114,18 @@ def routing_config(upstream: MockUpstream, tmp: Path) -> dict[str, Any]:
             "retries": 5,
             "deployments": [_dep("stuck"), _dep("stuck", name="stuck2")],
         }
+    # An Anthropic Messages client's call to a group that mixes API kinds is translated (the
+    # OpenAI deployment cannot take Anthropic's body); to an all-Anthropic group it is not.
+    models["mixed"] = {
+        "strategy": "cost",
+        "deployments": [
+            _dep("ok", 1),
+            {"provider": "claude", "model": "claude-sonnet-4-5", "name": "claude"},
+        ],
+    }
+    models["anthropic-only"] = {
+        "deployments": [{"provider": "claude", "model": "claude-sonnet-4-5", "name": "claude"}],
+    }
     return {
         "server": {"shutdown_grace_s": 5},
         "logging": {
@@ -466,6 +479,31 @@ def test_the_groups_own_deadline_bounds_its_retries(doors: Doors, door: str) -> 
     assert answer.error in ("504", "DEADLINE_EXCEEDED"), answer
     assert took < 0.6 + 0.35, took
     assert answer.headers["x-llm-proxy-deployment"] in ("stuck", "stuck2")
+
+
+@pytest.mark.parametrize(("model", "served"), [("mixed", "ok"), ("anthropic-only", "claude")])
+def test_an_anthropic_client_is_answered_by_any_deployment_of_a_group(
+    gw: Gateway, mock_upstream: MockUpstream, model: str, served: str
+) -> None:
+    resp = httpx.post(
+        gw.url + "/v1/messages",
+        json={
+            "model": model,
+            "max_tokens": 20,
+            "system": "Be brief.",
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        headers={"x-api-key": "sk-test", "anthropic-version": "2023-06-01"},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["type"] == "message" and resp.json()["content"][0]["text"]
+    assert resp.headers["x-llm-proxy-deployment"] == served
+    sent = mock_upstream.last()["body"]
+    if served == "ok":  # the OpenAI deployment got OpenAI's shape: the system prompt a message
+        assert "system" not in sent and sent["messages"][0]["role"] == "system"
+    else:  # the Anthropic one got the client's bytes
+        assert sent["system"] == "Be brief."
 
 
 def test_a_bad_client_timeout_is_a_400_in_openai_shape(gw: Gateway) -> None:

@@ -1,9 +1,11 @@
 """The Rust log writer through its binding, against a real SQLite file and a real PostgreSQL.
 
-The rows it writes are compared field by field with what the Python writer's pieces
-(RecordBuilder, SqliteStore, PostgresStore) write for the same calls; its redaction is held to
-the Python detectors by a property test; the store faults (refused, hanging) go through a TCP
-forwarder the test starts, never by stopping the machine's PostgreSQL.
+The rows it writes are compared field by field with rows written through the Python stores
+(SqliteStore, PostgresStore) from the same calls, built by RecordBuilder and given their
+content by the pure-Python reference of the content policy (tests/support/content_reference.py);
+its redaction is held to the Python detectors (tests/support/redact_reference.py) by a property
+test; the store faults (refused, hanging) go through a TCP forwarder the test starts, never by
+stopping the machine's PostgreSQL.
 """
 
 from __future__ import annotations
@@ -31,11 +33,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from llm_proxy import _core
 from llm_proxy.calls import Call, Deployment, Outcome
-from llm_proxy.observe import record as record_module
-from llm_proxy.observe.prices import PriceTable
-from llm_proxy.observe.record import LogRecord, RecordBuilder, as_row
-from llm_proxy.observe.redact import SecretMask, redact
-from llm_proxy.observe.store import open_store
+from llm_proxy.logstore import open_store
+from llm_proxy.logstore.prices import PriceTable
+from llm_proxy.logstore.record import (
+    LogRecord,
+    RecordBuilder,
+    _completion_of,
+    _read_answer,
+    as_row,
+)
+
+from tests.support.content_reference import ContentReference, as_stored
+from tests.support.redact_reference import redact
 
 ANSWER = (
     b'{"id":"c1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,'
@@ -46,24 +55,27 @@ TOOL_ANSWER = (
     b'{"choices":[{"message":{"content":null,"tool_calls":[{"id":"t","type":"function",'
     b'"function":{"name":"f","arguments":"{}"}}]}}]}'
 )
+TOOL_CALLS = '[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]'
 PROMPT = (
     b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"card 4111 1111 1111 1111,'
     b' key sk-provider-secret-0123456789, mine sk-caller-key-abcdefghij"}]}'
 )
+# What the door keeps of a chat request for counting and the log: its `messages` array.
+PROMPT_JSON = msgspec.json.encode(msgspec.json.decode(PROMPT)["messages"])
 SECRETS = ["sk-provider-secret-0123456789"]
-CALLER_AUTH = "Bearer sk-caller-key-abcdefghij"
+CALLER_KEY = "sk-caller-key-abcdefghij"  # as the recorder gives it: "Bearer " dropped
 WAIT = 30.0
 
 
-def make_calls() -> list[tuple[Call, Outcome, Any]]:
+def make_calls() -> list[tuple[Call, Outcome, str | None]]:
     """Calls of every shape a record comes from: whole, stream, error, tools, cache hit."""
-    calls: list[tuple[Call, Outcome, Any]] = []
+    calls: list[tuple[Call, Outcome, str | None]] = []
     for i in range(6):
         call = Call(
             request_id=f"req-{i}", door="http" if i % 2 else "grpc", endpoint="chat",
             body=PROMPT, model="gpt-4o-mini",
         )  # fmt: skip
-        call.prompt_json = PROMPT
+        call.prompt_json = PROMPT_JSON
         call.deployment = Deployment("gpt-4o-mini", "up", "gpt-4o-mini")
         call.upstream_s = 0.01 * i
         call.key_id = f"key-{i}" if i % 3 else None
@@ -85,7 +97,7 @@ def make_calls() -> list[tuple[Call, Outcome, Any]]:
             call.team = "team-a"
             call.deployment = None
             outcome = Outcome(404, error_type="model_not_found", error_message="no such model")
-        calls.append((call, outcome, CALLER_AUTH if i != 4 else None))
+        calls.append((call, outcome, CALLER_KEY if i != 4 else None))
     return calls
 
 
@@ -93,99 +105,59 @@ PRICES = PriceTable()
 
 
 def python_rows(content: str, ids: list[str]) -> list[LogRecord]:
-    """The records as the Python writer stored them (build on the loop, content on the thread)."""
-    builder = RecordBuilder(PRICES, content, SecretMask(SECRETS))  # type: ignore[arg-type]
+    """The records as the Python reference stores them: built as the recorder builds them,
+    then given their content (policy, redaction, secrets and the caller's key masked)."""
+    builder = RecordBuilder(PRICES, content)  # type: ignore[arg-type]
+    policy = ContentReference(content, SECRETS)  # type: ignore[arg-type]
     out = []
-    for (call, outcome, auth), id_ in zip(make_calls(), ids, strict=False):
-        record = builder.build(call, outcome, 1_800_000_000.5, 0.0421, auth)
+    for (call, outcome, key), id_ in zip(make_calls(), ids, strict=False):
+        record = builder.build(call, outcome, 1_800_000_000.5, 0.0421, key)
         record.id = id_
-        builder.add_content(record, call, outcome, auth)
-        out.append(record)
+        policy.apply(record, call, outcome, key)
+        out.append(as_stored(record))
     return out
 
 
 def submitted(ids: list[str]) -> list[bytes]:
-    """The same records as the Rust writer gets them: text not yet cleaned, the caller's key."""
-    builder = RecordBuilder(PRICES, "full", SecretMask([]))
+    """The same records with their content in the record: text filled but not yet cleaned,
+    the caller's key beside it (the writer masks it and never stores it)."""
+    builder = RecordBuilder(PRICES, "full")
+    fill = ContentReference("full", [])  # fills the text; masks nothing
     out = []
-    for (call, outcome, auth), id_ in zip(make_calls(), ids, strict=False):
-        record = builder.build(call, outcome, 1_800_000_000.5, 0.0421, None)
+    for (call, outcome, key), id_ in zip(make_calls(), ids, strict=False):
+        record = builder.build(call, outcome, 1_800_000_000.5, 0.0421, key)
         record.id = id_
-        builder.add_content(record, call, outcome, None)
-        fields = msgspec.structs.asdict(record)
-        fields["caller_key"] = auth.split()[-1] if auth else None
-        out.append(msgspec.json.encode(fields))
+        fill.apply(record, call, outcome, None)
+        assert record.caller_key == key
+        out.append(msgspec.json.encode(record))
     return out
 
 
-# The Python writer loses whole answers that carry tool calls: its `_Message.tool_calls` is
-# `msgspec.Raw | None`, which msgspec decodes as "null only", so such an answer fails to decode
-# and is logged with completion "" and no tool calls. The Rust writer stores them; the Python
-# reference here is the Python reader with that fixed (test_..._python_writer_lost shows it).
+Handed = list[tuple[bytes, bytes | None, bytes | None]]
 
 
-class _FixedMessage(msgspec.Struct):
-    content: str | None = None
-    tool_calls: msgspec.Raw = msgspec.Raw(b"null")
-
-
-class _FixedChoice(msgspec.Struct):
-    message: _FixedMessage | None = None
-    text: str | None = None
-
-
-class _FixedAnswer(msgspec.Struct):
-    choices: list[_FixedChoice] = []
-    usage: record_module._Usage | None = None
-
-
-def read_answer_fixed(body: bytes | None) -> record_module._Answer | None:
-    if not body:
-        return None
-    try:
-        answer = msgspec.json.decode(body, type=_FixedAnswer)
-    except msgspec.DecodeError:
-        return None
-    choices = []
-    for c in answer.choices:
-        message = None
-        if c.message is not None:
-            raw = c.message.tool_calls
-            tools = None if bytes(raw) == b"null" else raw
-            message = record_module._Message(content=c.message.content, tool_calls=tools)
-        choices.append(record_module._Choice(message=message, text=c.text))
-    return record_module._Answer(choices=choices, usage=answer.usage)
-
-
-@pytest.fixture
-def fixed_reader(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(record_module, "_read_answer", read_answer_fixed)
-
-
-Handover = list[tuple[bytes, bytes | None, bytes | None]]
-
-
-def handed_over(ids: list[str]) -> Handover:
-    """The records as the loop hands them over when the writer reads the content: figures in
-    the record, the prompt's and a whole answer's bytes beside it (what add_content read)."""
-    builder = RecordBuilder(PRICES, "full", SecretMask([]))
-    out: Handover = []
-    for (call, outcome, auth), id_ in zip(make_calls(), ids, strict=False):
-        record = builder.build(call, outcome, 1_800_000_000.5, 0.0421, None)
+def handed_over(ids: list[str]) -> Handed:
+    """The records as the recorder hands them over (`CallRecorder._hand_over`, content not
+    "none"): figures and a summary's text in the record, the prompt's and a whole answer's
+    bytes beside it, for the writer to read."""
+    builder = RecordBuilder(PRICES, "full")
+    out: Handed = []
+    for (call, outcome, key), id_ in zip(make_calls(), ids, strict=False):
+        record = builder.build(call, outcome, 1_800_000_000.5, 0.0421, key)
         record.id = id_
         answer = None
-        if outcome.summary is not None:
-            record.completion = outcome.summary.text
-            tools = outcome.summary.tool_calls_json
-            record.tool_calls = tools if tools != "[]" else None
+        summary = outcome.summary
+        if summary is not None:
+            record.completion = summary.text
+            tools = summary.tool_calls_json
+            if tools != "[]":
+                record.tool_calls = tools
         elif call.endpoint != "embeddings" and outcome.status < 400:
             if call.stream:
                 record.completion = ""
             else:
                 answer = outcome.response_body or b""
-        fields = msgspec.structs.asdict(record)
-        fields["caller_key"] = auth.split()[-1] if auth else None
-        out.append((msgspec.json.encode(fields), call.prompt_json, answer))
+        out.append((msgspec.json.encode(record), call.prompt_json, answer))
     return out
 
 
@@ -231,7 +203,7 @@ def submit_all(writer: _core.LogWriter, ids: list[str], handover: str) -> bool:
 @pytest.mark.parametrize("handover", ["content_in_record", "bodies"])
 @pytest.mark.parametrize("content", ["full", "redacted", "none"])
 def test_sqlite_rows_are_identical_to_the_python_writers(
-    tmp_path: Path, content: str, handover: str, fixed_reader: None
+    tmp_path: Path, content: str, handover: str
 ) -> None:
     ids = [f"{i:014x}abcdef0123{i:06x}" for i in range(6)]
     expected_db = tmp_path / "python.db"
@@ -371,10 +343,9 @@ def test_the_queue_is_bounded_by_bytes(tmp_path: Path) -> None:
 
 @contextmanager
 def locked(db: Path) -> Iterator[None]:
-    """Hold SQLite's write lock on `db` from another process.
-
-    Not from this one: the writer's SQLite is its own (bundled) copy, and POSIX locks taken by
-    two copies of SQLite in one process do not see each other.
+    """Hold SQLite's write lock on `db` from another process, as another gateway worker or a
+    reader of the log would (the writer links the system SQLite, so an in-process lock would
+    work too; another process is the case that matters).
     """
     holder = subprocess.Popen(
         [sys.executable, "-c", _LOCKER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -492,13 +463,13 @@ def test_completion_is_read_from_the_answer_as_python_reads_it(bodies: list[byte
         assert writer.close(WAIT)
         with sqlite3.connect(db) as conn:
             got = conn.execute("SELECT completion, tool_calls FROM requests ORDER BY id").fetchall()
-    assert got == [record_module._completion_of(read_answer_fixed(body)) for body in bodies]
+    assert got == [_completion_of(_read_answer(body)) for body in bodies]
 
 
-def test_whole_answers_with_tool_calls_are_stored_which_the_python_writer_lost(
-    tmp_path: Path,
-) -> None:
-    assert record_module._completion_of(record_module._read_answer(TOOL_ANSWER)) == ("", None)
+def test_whole_answers_with_tool_calls_are_stored_as_python_reads_them(tmp_path: Path) -> None:
+    # Python's answer reader once lost them (`tool_calls: Raw | None` reads as "null only");
+    # `AnswerMessage.tool_calls` is now `Raw = NULL`, and both readers keep them.
+    assert _completion_of(_read_answer(TOOL_ANSWER)) == ("", TOOL_CALLS)
     db = tmp_path / "log.db"
     writer = start(sqlite_store(db), tmp_path)
     record, prompt, answer = handed_over([f"{i:030d}" for i in range(6)])[3]
@@ -507,7 +478,7 @@ def test_whole_answers_with_tool_calls_are_stored_which_the_python_writer_lost(
     assert writer.close(WAIT)
     with sqlite3.connect(db) as conn:
         row = conn.execute("SELECT completion, tool_calls FROM requests").fetchone()
-    assert row == ("", '[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]')
+    assert row == ("", TOOL_CALLS)
 
 
 # -- redaction ------------------------------------------------------------------------------
@@ -596,7 +567,7 @@ def pg_rows(url: str, schema: str) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize("handover", ["content_in_record", "bodies"])
 @pytest.mark.parametrize("content", ["full", "redacted", "none"])
 def test_postgres_rows_are_identical_to_the_python_writers(
-    tmp_path: Path, pg_schema: tuple[str, str], content: str, handover: str, fixed_reader: None
+    tmp_path: Path, pg_schema: tuple[str, str], content: str, handover: str
 ) -> None:
     url, schema = pg_schema
     ids = [f"{i:014x}abcdef0123{i:06x}" for i in range(6)]

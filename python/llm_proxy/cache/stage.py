@@ -155,14 +155,19 @@ class ResponseCache:
         if self.scope == "global":
             return base
         if self.scope == "team":
+            if call.key_id is not None:  # an authenticated caller's team is its key's
+                return base + "|team:" + (call.team or "")
             team = call.team or call.headers.get("x-llm-proxy-team") or ""
             return base + "|team:" + str(team)
+        if call.key_id is not None:  # the authenticated key: stable across its rotations
+            return base + "|key:" + call.key_id
         secret = call.headers.get("authorization") or ""
         digest = hashlib.blake2b(str(secret).encode(), digest_size=16).hexdigest()
         return base + "|key:" + digest
 
     async def _find(self, call: Call) -> tuple[CacheTicket | None, CacheEntry | None]:
-        if call.endpoint not in self.endpoints:
+        # A passthrough answer is not in OpenAI's format, which entries and replay assume.
+        if call.endpoint not in self.endpoints or call.passthrough:
             call.cache_status = "bypass"
             self.stats.bypasses += 1
             return None, None

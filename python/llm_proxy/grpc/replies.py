@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import msgspec
 
+from .._core import grpc_chat_chunks
 from ..calls import Call
 from ..errors import GatewayError
 from ..wire.openai import (
@@ -137,6 +138,16 @@ class ChunkRenderer:
     def __init__(self, call: Call) -> None:
         self._call = call
         self._first = True
+
+    def messages(self, events: bytes) -> list[bytes]:
+        """`render`, serialized; the Rust translation does it when the events are plain."""
+        call = self._call
+        fast = grpc_chat_chunks(events, self._first, call.request_id, call.cache_status)
+        if fast is None:
+            return [message.SerializeToString() for message in self.render(events)]
+        if fast:
+            self._first = False
+        return fast
 
     def render(self, events: bytes) -> list[pb.StreamChatCompletionResponse]:
         out = []

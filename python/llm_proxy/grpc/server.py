@@ -1,59 +1,62 @@
-"""The gRPC server: the Gateway service, health and reflection, on the current event loop."""
+"""The gRPC server: the Rust core serves it (tonic, on its own thread); calls run on this loop."""
 
 from __future__ import annotations
 
-import grpc  # type: ignore[import-untyped]
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
-from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+import asyncio
 
+from .._core import GrpcServer as _RustServer
 from ..config import Config
 from ..pipeline import Pipeline
-from .gen import gateway_pb2, gateway_pb2_grpc
+from .dispatch import CallDispatcher
+from .gen import gateway_pb2
 from .servicer import GatewayServicer
 
 SERVICE_NAME: str = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
-class GrpcServer:
-    """A started grpc.aio server; stop it on the loop that started it."""
+def descriptor_set() -> bytes:
+    """gateway.proto as an encoded FileDescriptorSet (for reflection), from the stubs.
 
-    def __init__(self, server: grpc.aio.Server, health: health.aio.HealthServicer, port: int):
+    The stubs are checked against the proto (scripts/gen_grpc.py --check), so this is too.
+    """
+    proto: bytes = gateway_pb2.DESCRIPTOR.serialized_pb
+    size, varint = len(proto), bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        varint.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return b"\x0a" + bytes(varint) + proto  # field 1 (`file`), length-delimited
+
+
+class GrpcServer:
+    """A started gRPC door; stop it on the loop that started it."""
+
+    def __init__(self, server: _RustServer, dispatcher: CallDispatcher) -> None:
         self._server = server
-        self._health = health
-        self.port = port
+        self._dispatcher = dispatcher
+        self.port = server.port
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, then let calls in flight finish for up to `grace` seconds."""
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        """Report NOT_SERVING, take no new calls, let calls in flight finish for `grace` s."""
+        self._server.set_serving(False)
+        self._server.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while not self._server.stopped and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        self._server.close()
 
 
 async def start_grpc(pipeline: Pipeline, config: Config, port: int) -> GrpcServer:
     """Start the gRPC front door on `config.server.host:port` (shared across workers).
 
-    Call it inside the worker's running loop: grpc.aio objects belong to the loop that made
-    them and must never be created before a fork.
+    Call it inside the worker's running loop, after the fork: the server's threads start here.
     """
+    loop = asyncio.get_running_loop()
+    dispatcher = CallDispatcher(loop, GatewayServicer(pipeline, config).handle)
     limit = 2 * config.server.max_body_bytes + 65536
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 1),
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", -1),
-        ]
+    server = _RustServer(
+        config.server.host, port, loop, dispatcher.on_events, descriptor_set(), limit
     )
-    servicer = GatewayServicer(pipeline, config)
-    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    checker = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    address = f"{config.server.host}:{port}"
-    bound = server.add_insecure_port(address)
-    if not bound:
-        raise RuntimeError(f"gRPC could not listen on {address}")
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await checker.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return GrpcServer(server, checker, bound)
+    return GrpcServer(server, dispatcher)

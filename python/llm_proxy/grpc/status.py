@@ -2,32 +2,49 @@
 
 from __future__ import annotations
 
+import enum
 import re
-
-import grpc  # type: ignore[import-untyped]
 
 from ..errors import GatewayError
 
-Metadata = tuple[tuple[str, str], ...]
+Metadata = list[tuple[str, str]]
 
-_CODES: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    409: grpc.StatusCode.ABORTED,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    500: grpc.StatusCode.INTERNAL,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+
+class Code(enum.IntEnum):
+    """The gRPC status codes the door answers with."""
+
+    OK = 0
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    ABORTED = 10
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+_CODES: dict[int, Code] = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    405: Code.UNIMPLEMENTED,
+    408: Code.DEADLINE_EXCEEDED,
+    409: Code.ABORTED,
+    413: Code.INVALID_ARGUMENT,
+    415: Code.INVALID_ARGUMENT,
+    422: Code.INVALID_ARGUMENT,
+    429: Code.RESOURCE_EXHAUSTED,
+    499: Code.CANCELLED,
+    500: Code.INTERNAL,
+    501: Code.UNIMPLEMENTED,
+    502: Code.UNAVAILABLE,
+    503: Code.UNAVAILABLE,
+    504: Code.DEADLINE_EXCEEDED,
 }
 # Upstream headers worth keeping in the trailers: when to retry and the rate-limit state.
 _KEPT_PREFIXES = (
@@ -49,12 +66,12 @@ def passable(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
-def status_code(status: int) -> grpc.StatusCode:
+def status_code(status: int) -> Code:
     """The gRPC code for an HTTP status (never UNKNOWN)."""
     code = _CODES.get(status)
     if code is not None:
         return code
-    return grpc.StatusCode.INVALID_ARGUMENT if status < 500 else grpc.StatusCode.UNAVAILABLE
+    return Code.INVALID_ARGUMENT if status < 500 else Code.UNAVAILABLE
 
 
 def details(exc: GatewayError) -> str:
@@ -75,4 +92,4 @@ def trailers(exc: GatewayError, request_id: str) -> Metadata:
         out.append(("x-llm-proxy-error-code", str(exc.code)))
     if exc.param:
         out.append(("x-llm-proxy-error-param", exc.param))
-    return tuple(out)
+    return out

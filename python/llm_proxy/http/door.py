@@ -18,7 +18,11 @@ from granian.rsgi import Scope
 from ..calls import SHUTDOWN_MESSAGE, Call, Endpoint, Outcome, decode_call, new_request_id, shown
 from ..config import Config
 from ..errors import GatewayError
+from ..keys.stage import Authenticate, key_info
 from ..pipeline import Pipeline, PipelineStream
+from .foreign import ForeignApi
+from .messages import CountTokensApi, MessagesApi
+from .responses import STORED_PREFIX, ResponsesApi
 from .watch import RequestWatch
 
 log = logging.getLogger("llm_proxy.http")
@@ -77,15 +81,28 @@ class HttpDoor:
     """The RSGI callable of one worker: translates each request and hands it to the pipeline."""
 
     def __init__(
-        self, config: Config, pipeline: Pipeline, metrics: Callable[[], tuple[str, bytes]]
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        metrics: Callable[[], tuple[str, bytes]],
+        auth: Authenticate | None = None,
     ) -> None:
         self.config = config
+        # With keys on, the model list and key info are the caller's own.
+        self.auth = auth
         self.pipeline = pipeline
         self.metrics = metrics
         self.max_body = config.server.max_body_bytes
         self.watch = RequestWatch(config.server.body_timeout_s)
         self._models_body = self._render_models()
         self._broken_logged_at = 0.0
+        # The non-OpenAI APIs, each translating to and from chat completions.
+        self.responses = ResponsesApi(self)
+        self.foreign: dict[str, ForeignApi] = {
+            "/v1/messages": MessagesApi(self),
+            "/v1/messages/count_tokens": CountTokensApi(self),
+            "/v1/responses": self.responses,
+        }
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the per-worker request watch (inside the worker, on its loop)."""
@@ -116,6 +133,10 @@ class HttpDoor:
                         headers=[("allow", "POST")],
                     )
                 await self._inference(scope, proto, endpoint, request_id, started)
+            elif path in self.foreign:
+                await self.foreign[path](scope, proto, request_id, started)
+            elif path.startswith(STORED_PREFIX):
+                await self.responses.stored(scope, proto, request_id, started)
             elif method == "GET" or method == "HEAD":
                 self._get(scope, proto, path, request_id, started)
             elif path in ("/v1/models", "/health", "/ready") or path.startswith("/v1/models/"):
@@ -151,7 +172,15 @@ class HttpDoor:
                 raise GatewayError(503, "not ready: upstream pools are not created yet")
             body = b'{"status":"ready"}'
         elif path == "/v1/models" or path == "/models":
-            body = self._models_body
+            if self.auth is None:
+                body = self._models_body
+            else:
+                body = self._render_models(self.auth.identify(scope.headers).allows)
+        elif path == "/v1/key/info" or path == "/key/info":
+            if self.auth is None:
+                raise GatewayError(404, "key info needs auth.mode: keys", code="unknown_url")
+            entry = self.auth.identify(scope.headers)
+            body = _encoder.encode(key_info(entry, list(self.config.models)))
         elif path == "/metrics":
             content_type, body = self.metrics()
             proto.response_bytes(200, [("content-type", content_type)], body)
@@ -159,7 +188,9 @@ class HttpDoor:
         elif path.startswith("/v1/models/"):
             name = path[len("/v1/models/") :]
             model = self.config.models.get(name)
-            if model is None:
+            if model is None or (
+                self.auth is not None and not self.auth.identify(scope.headers).allows(name)
+            ):
                 raise GatewayError(
                     404,
                     f"The model `{shown(name)}` does not exist.",
@@ -179,8 +210,12 @@ class HttpDoor:
     def _model_entry(self, name: str, provider: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": provider}
 
-    def _render_models(self) -> bytes:
-        data = [self._model_entry(n, m.provider) for n, m in self.config.models.items()]
+    def _render_models(self, allows: Callable[[str], bool] | None = None) -> bytes:
+        data = [
+            self._model_entry(n, m.provider)
+            for n, m in self.config.models.items()
+            if allows is None or allows(n)
+        ]
         return _encoder.encode({"object": "list", "data": data})
 
     # -- inference -------------------------------------------------------------------------

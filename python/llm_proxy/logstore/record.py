@@ -230,7 +230,7 @@ class RecordBuilder:
             request_id=call.request_id,
             door=call.door,
             model=call.model,
-            endpoint=call.endpoint,
+            endpoint=call.api_endpoint,
             status=outcome.status,
             latency_ms=latency_ms,
             upstream_ms=upstream_ms,

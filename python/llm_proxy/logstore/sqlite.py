@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -58,8 +59,12 @@ class SqliteStore:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                 # Created 0600 before SQLite opens it (it holds prompts; the WAL and shared
-                # memory files SQLite adds take the database file's mode).
-                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                # memory files SQLite adds take the database file's mode). Only when it does
+                # not exist: closing another descriptor of an open database drops every POSIX
+                # lock this process holds on it (the key store's connection to the same file),
+                # and another process may then reset the WAL under it.
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
             )

@@ -259,6 +259,15 @@ class GatewayMetrics:
         self.cache_hits = on_loop(
             "llm_proxy_cache_hits", "Calls answered from the cache.", ["model"]
         )
+        # Only calls with a virtual key (auth.mode: keys) count here: one series per key.
+        self.key_requests = on_loop(
+            "llm_proxy_key_requests",
+            "Calls by virtual key (public id), its team and status.",
+            ["key_id", "team", "status"],
+        )
+        self.key_cost = on_loop(
+            "llm_proxy_key_cost_usd", "Spend in USD by virtual key and team.", ["key_id", "team"]
+        )
         self.cache_misses = on_loop(
             "llm_proxy_cache_misses", "Cache lookups that found nothing.", ["model"]
         )
@@ -335,6 +344,7 @@ class GatewayMetrics:
         batch = self._batch = self._batch + 1
         fed: list[_CallKind] = []
         errors: dict[tuple[Any, ...], float] | None = None
+        keyed: dict[tuple[Any, ...], float] | None = None
         try:
             for rec in records:
                 model = rec.model if rec.provider is not None else UNKNOWN_MODEL
@@ -359,6 +369,13 @@ class GatewayMetrics:
                     kind.completion_tokens += rec.completion_tokens
                 if rec.cost_usd is not None and rec.cost_usd > 0:
                     kind.cost_usd += rec.cost_usd
+                if rec.key_id is not None:
+                    keyed = keyed if keyed is not None else {}
+                    by_key = ("key", rec.key_id, rec.team or "", rec.status)
+                    keyed[by_key] = keyed.get(by_key, 0) + 1
+                    if rec.cost_usd is not None and rec.cost_usd > 0:
+                        spent = ("key_cost", rec.key_id, rec.team or "")
+                        keyed[spent] = keyed.get(spent, 0) + rec.cost_usd
                 if kind.failed:
                     errors = errors if errors is not None else {}
                     error = ("errors", kind.provider, rec.error_type or "error", rec.status)
@@ -369,6 +386,8 @@ class GatewayMetrics:
                 kind.flush(self)
             if errors is not None:
                 self._add(errors)
+            if keyed is not None:
+                self._add(keyed)
 
     def observe_route(self, model: str, route: RouteState) -> None:
         """Count one routed call's attempts, retries and fallback (on the event loop)."""
@@ -420,6 +439,8 @@ class GatewayMetrics:
             "hit": self.cache_hits,
             "miss": self.cache_misses,
             "errors": self.upstream_errors,
+            "key": self.key_requests,
+            "key_cost": self.key_cost,
             "attempts": self.route_attempts,
             "retries": self.route_retries,
             "fallbacks": self.route_fallbacks,

@@ -7,11 +7,12 @@ import time
 import msgspec
 
 from ..calls import Call, Deployment, Reply, ResponseHead
-from ..config import AzureProvider, OpenAIProvider
+from ..config import AzureProvider, OpenAIProvider, speaks_responses
 from ..errors import GatewayError
 from ..upstream import UpstreamClient, UpstreamResponse, passed_headers
 from .base import upstream_error, upstream_timeout
 from .relay import RelayedStream
+from .responses import ResponsesStream, response_head_decoder, responses_usage
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 _head_decoder = msgspec.json.Decoder(ResponseHead)
@@ -43,6 +44,36 @@ class OpenAICompatible:
         headers.update({k.lower(): v for k, v in config.headers.items()})
         self.headers = headers
         self.stream_headers = {**headers, "accept": "text/event-stream"}
+        # Responses API calls are passed through when the upstream serves that API.
+        self.responses_api = speaks_responses(config)
+        self.responses_url = self._responses_url()
+
+    def _responses_url(self) -> str:
+        return self.base_url + "/responses"
+
+    async def stored_response(
+        self, call: Call, deployment: Deployment, method: str, response_id: str
+    ) -> Reply:
+        """GET or DELETE of a response the upstream keeps (`response_id` is URL-safe)."""
+        timeout = upstream_timeout(call, self.config.timeout_s)
+        started = time.perf_counter()
+        try:
+            resp = await self.client.post(
+                f"{self.responses_url}/{response_id}",
+                self.headers,
+                b"",
+                timeout,
+                call.trace_headers,
+                method=method,
+            )
+        finally:
+            call.upstream_s += time.perf_counter() - started
+        if resp.status != 200:
+            raise upstream_error(resp, self.name)
+        return Reply(resp.body, 200, passed_headers(resp.headers))
+
+    def native(self, call: Call) -> bool:
+        return call.wire == "responses" and self.responses_api
 
     def _auth_headers(self) -> dict[str, str]:
         assert isinstance(self.config, OpenAIProvider)
@@ -54,12 +85,15 @@ class OpenAICompatible:
         return out
 
     def url(self, call: Call, deployment: Deployment) -> str:
+        if call.wire == "responses" and self.responses_api:
+            return self.responses_url
         return self.base_url + _PATHS[call.endpoint]
 
     def body(self, call: Call, deployment: Deployment) -> bytes:
+        body = call.client_body if self.native(call) else call.body
         if deployment.model == call.model:
-            return call.body
-        return with_model(call.body, deployment.model)
+            return body
+        return with_model(body, deployment.model)
 
     async def start(self) -> None:
         await self.client.start()
@@ -82,13 +116,22 @@ class OpenAICompatible:
             call.upstream_s += time.perf_counter() - started
         if resp.status != 200:
             raise upstream_error(resp, self.name)
+        if self.native(call):
+            try:
+                response = response_head_decoder.decode(resp.body)
+            except msgspec.DecodeError:
+                raise GatewayError(
+                    502, f"upstream {self.name} answered with invalid JSON"
+                ) from None
+            usage = responses_usage(response)
+            return Reply(resp.body, 200, passed_headers(resp.headers), usage)
         try:
             head = _head_decoder.decode(resp.body)
         except msgspec.DecodeError:
             raise GatewayError(502, f"upstream {self.name} answered with invalid JSON") from None
         return Reply(resp.body, 200, passed_headers(resp.headers), head.usage)
 
-    async def stream(self, call: Call, deployment: Deployment) -> RelayedStream:
+    async def stream(self, call: Call, deployment: Deployment) -> RelayedStream | ResponsesStream:
         timeout = upstream_timeout(call, self.config.timeout_s)
         started = time.perf_counter()
         try:
@@ -107,11 +150,16 @@ class OpenAICompatible:
             raise upstream_error(
                 UpstreamResponse(upstream.status, upstream.headers, body), self.name
             )
+        if self.native(call):
+            return ResponsesStream(upstream, call)
         return RelayedStream(upstream, call, "openai", deployment.model)
 
 
 class Azure(OpenAICompatible):
     """Azure OpenAI: deployment in the URL, `api-version` query, `api-key` header."""
+
+    def _responses_url(self) -> str:
+        return f"{self.base_url}/openai/v1/responses"
 
     def _auth_headers(self) -> dict[str, str]:
         assert isinstance(self.config, AzureProvider)
@@ -119,10 +167,14 @@ class Azure(OpenAICompatible):
 
     def url(self, call: Call, deployment: Deployment) -> str:
         assert isinstance(self.config, AzureProvider)
+        if self.native(call):
+            return self.responses_url
         return (
             f"{self.base_url}/openai/deployments/{deployment.model}{_PATHS[call.endpoint]}"
             f"?api-version={self.config.api_version}"
         )
 
     def body(self, call: Call, deployment: Deployment) -> bytes:
+        if self.native(call):
+            return with_model(call.client_body, deployment.model)
         return call.body

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 
 from . import anthropic_wire, openai_wire
 from .http11 import Request
+from .responses_wire import ResponsesStore
 from .wire import Options, Reply, Whole, decode, encode
 
 _AZURE = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)$")
@@ -75,6 +76,7 @@ class MockState:
         self.last: Request | None = None
         # Whole answers by request: same request, same bytes, and no JSON work on a repeat.
         self._answers: dict[tuple[str, bytes], Whole] = {}
+        self.responses = ResponsesStore()
 
     def controls(self, headers: dict[str, str]) -> Controls:
         s = self.settings
@@ -146,6 +148,11 @@ class MockState:
                 sent = req.headers.get("authorization", "").split()[-1:] or [""]
                 return openai_wire.error(status, f"Incorrect API key provided: {sent[0]}.")
             return openai_wire.error(status)
+        if path.startswith("/v1/responses/") and req.method in ("GET", "DELETE"):
+            response_id = path[len("/v1/responses/") :]
+            if req.method == "GET":
+                return self.responses.retrieve(response_id)
+            return self.responses.delete(response_id)
         if req.method == "GET":
             if path == "/v1/models":
                 return openai_wire.models()
@@ -155,6 +162,8 @@ class MockState:
             known = anthropic or azure or path.startswith("/v1/")
             return openai_wire.error(405 if known else 404, f"{req.method} {path} is not served")
         if ctl.malformed:
+            return self._answer(req, ctl, anthropic, azure)
+        if path == "/v1/responses":  # stateful: every create is a new stored response
             return self._answer(req, ctl, anthropic, azure)
         key = (path, req.body)
         cached = self._answers.get(key)
@@ -193,6 +202,8 @@ class MockState:
             return anthropic_wire.messages(body, opts)
         if path == "/v1/messages/count_tokens":
             return anthropic_wire.count_tokens(body)
+        if path == "/v1/responses":
+            return self.responses.create(body, opts)
         if path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
             return openai_wire.error(404, f"Unknown path {path}")
         if not isinstance(model, str) or not model:

@@ -201,14 +201,16 @@ class UpstreamClient:
         body: bytes,
         timeout_s: float,
         extra: Sequence[tuple[str, str]] | None = None,
+        method: str = "POST",
     ) -> UpstreamResponse:
-        """POST and read the whole answer; `timeout_s` bounds everything, connecting included.
+        """POST (or `method`) and read the whole answer; `timeout_s` bounds everything,
+        connecting included.
 
         `extra`: headers of this request only (the provider's `headers` are encoded once).
         """
         deadline = self._deadline(timeout_s)
         conn = await self._exchange(
-            url, headers, body, timeout_s, deadline, encode_headers(extra), streaming=False
+            url, headers, body, timeout_s, deadline, encode_headers(extra), False, method
         )
         try:
             while not conn.complete:
@@ -263,9 +265,10 @@ class UpstreamClient:
         deadline: float,
         extra: bytes,
         streaming: bool,
+        method: str = "POST",
     ) -> Connection:
         """Send the request and wait for the answer's head (status and headers)."""
-        target = self._target(url, headers)
+        target = self._target(url, headers, method)
         fresh = False
         while True:
             conn, reused = await self._acquire(target.origin, deadline, fresh)
@@ -292,13 +295,13 @@ class UpstreamClient:
             raise GatewayError(503, "upstream client is not started")
         return self.loop.time() + timeout_s
 
-    def _target(self, url: str, headers: Mapping[str, str]) -> Target:
-        key = (url, id(headers))
+    def _target(self, url: str, headers: Mapping[str, str], method: str = "POST") -> Target:
+        key = (url, id(headers)) if method == "POST" else (f"{method} {url}", id(headers))
         target = self._targets.get(key)
         if target is None or target.headers is not headers:
             if len(self._targets) > 256:
                 self._targets.clear()
-            target = self._targets[key] = Target(url, headers)
+            target = self._targets[key] = Target(url, headers, method)
         return target
 
     # -- the pool --------------------------------------------------------------------------

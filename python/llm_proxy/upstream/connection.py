@@ -63,7 +63,7 @@ class Target:
 
     __slots__ = ("head", "headers", "origin")
 
-    def __init__(self, url: str, headers: Mapping[str, str]) -> None:
+    def __init__(self, url: str, headers: Mapping[str, str], method: str = "POST") -> None:
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -72,7 +72,7 @@ class Target:
         self.origin: Origin = (parts.hostname, port, tls)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rpartition("@")[2]
-        lines = [f"POST {path} HTTP/1.1", f"host: {host}", f"user-agent: {_USER_AGENT}"]
+        lines = [f"{method} {path} HTTP/1.1", f"host: {host}", f"user-agent: {_USER_AGENT}"]
         lines.append("accept-encoding: gzip, deflate")
         head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self.head = head + encode_headers(headers.items())

@@ -1,0 +1,1 @@
+"""Translations between the APIs clients speak and chat completions (pure, no I/O)."""
