@@ -1,8 +1,12 @@
-"""Active health probes (`health_check:`): breakers learn without client traffic, and
-instances sharing Redis take turns to probe."""
+"""Active health probes (`health_check:`): breakers learn without client traffic, instances
+sharing Redis take turns to probe, and the admin listener and CLI show what they learned."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +18,7 @@ import pytest
 from tests.support.redis import redis_url
 from tests.support.servers import (
     MockUpstream,
+    free_port,
     start_gateway,
     start_mock_upstream,
     stop_process,
@@ -113,3 +118,48 @@ def test_instances_sharing_redis_take_turns_to_probe(
     finally:
         for gw in gateways:
             gw.stop()
+
+
+def test_the_admin_listener_and_the_cli_show_each_deployment(
+    own_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    config = _config(own_upstream, {"interval_s": 0.2, "timeout_s": 2})
+    admin_port = free_port()
+    config["server"] = {"admin_port": admin_port}
+    config["auth"] = {"admin_key": "adm-routing-test"}
+    config["logging"] = {
+        "enabled": True,
+        "store": f"sqlite:///{tmp_path / 'log.db'}",
+        "spool_path": str(tmp_path / "spool"),
+    }
+    gw = start_gateway(config, tmp_path)
+    try:
+        time.sleep(1.0)  # the probes open `fails`' breaker
+        url = f"http://127.0.0.1:{admin_port}"
+        resp = httpx.get(url + "/admin/v1/deployments", timeout=5)
+        assert resp.status_code == 401  # the admin key guards it, as the rest of the API
+        resp = httpx.get(
+            url + "/admin/v1/deployments",
+            headers={"authorization": "Bearer adm-routing-test"},
+            timeout=5,
+        )
+        assert resp.status_code == 200
+        (group,) = resp.json()["data"]
+        by_name = {d["name"]: d for d in group["deployments"]}
+        assert by_name["fails"]["breaker"] in ("open", "half_open")
+        assert by_name["fails"]["recent_errors"][-1]["status"] == 502
+        assert by_name["ok"]["breaker"] == "closed" and by_name["ok"]["ewma_total_ms"] > 0
+        cli = subprocess.run(
+            [sys.executable, "-m", "llm_proxy.cli", "deployments", "--url", url, "--json"],
+            env={**os.environ, "LLM_PROXY_ADMIN_KEY": "adm-routing-test"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert {d["name"] for d in json.loads(cli.stdout)["data"][0]["deployments"]} == {
+            "fails",
+            "ok",
+        }
+    finally:
+        gw.stop()
