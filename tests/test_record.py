@@ -72,6 +72,7 @@ def test_record_carries_every_figure_of_the_call() -> None:
         "prompt": None,
         "completion": None,
         "tool_calls": None,
+        "attempts": None,
         "caller_key": "sk-caller",
     }
     # A plain call leaves the optional fields at their defaults.

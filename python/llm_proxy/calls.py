@@ -24,6 +24,7 @@ from .wire.openai import (
 
 if TYPE_CHECKING:
     from .observe.tracing import CallSpan
+    from .routing.attempts import RouteState
 
 __all__ = ["PromptTokensDetails", "ResponseHead", "Usage"]
 
@@ -107,6 +108,8 @@ class Call:
     # The door forwards `client_body` (the model's provider speaks the client's API): the
     # answer is in the client's format, not OpenAI's, so it is not cached.
     passthrough: bool = False
+    # A model group's routing (attempts, fallback); None for a one-deployment model.
+    routing: RouteState | None = None
 
     @property
     def api_endpoint(self) -> str:

@@ -82,9 +82,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
     print(f"config OK: {len(config.providers)} provider(s), {len(config.models)} model(s)")
     for name, model in config.models.items():
-        kind = config.providers[model.provider].__struct_config__.tag
-        print(f"  {name:<28} -> {model.provider} ({kind}) {model.model}")
+        for d in model.routes():
+            kind = config.providers[d.provider].__struct_config__.tag
+            print(f"  {name:<28} -> {d.provider} ({kind}) {d.model}")
     return 0
+
+
+def cmd_deployments(args: argparse.Namespace) -> int:
+    from .routing.status import deployments_command
+
+    key = args.admin_key or os.environ.get("LLM_PROXY_ADMIN_KEY")
+    return deployments_command(args.url, key, args.json)
 
 
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
@@ -123,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     logstore_cli.add_arguments(logs, stats)
     logs.set_defaults(func=logstore_cli.logs_command)
     stats.set_defaults(func=logstore_cli.stats_command)
+
+    deployments = sub.add_parser(
+        "deployments", help="each model group's deployments: breaker, in-flight, latency, errors"
+    )
+    deployments.add_argument(
+        "--url", default="http://127.0.0.1:8081", help="the gateway's admin listener"
+    )
+    deployments.add_argument(
+        "--admin-key", help="the admin key (default: the LLM_PROXY_ADMIN_KEY variable)"
+    )
+    deployments.add_argument("--json", action="store_true", help="print the JSON as served")
+    deployments.set_defaults(func=cmd_deployments)
 
     keys_cli.add_commands(sub)
 

@@ -90,9 +90,141 @@ class MockProvider(_ProviderBase, tag="mock", kw_only=True):
 ProviderConfig = OpenAIProvider | AzureProvider | AnthropicProvider | MockProvider
 
 
-class ModelConfig(_Section):
+class Price(_Section):
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+class DeploymentConfig(_Section):
+    """One deployment of a model group: a provider and the upstream's name for the model."""
+
     provider: str
     model: str
+    # Shown in headers, the log and `llm-proxy deployments`; `provider/model` when not set.
+    name: str | None = None
+    weight: float = 1.0
+    # Input tokens the upstream model takes; the shipped model table's figure when not set.
+    context_window: int | None = None
+    # Calls in flight at most; a deployment at its limit is skipped while others have room.
+    max_concurrency: int | None = None
+    # Requests and tokens (prompt + completion) a minute, counted by this worker; a
+    # deployment past either is skipped while others have room.
+    rpm: int | None = None
+    tpm: int | None = None
+    # USD per million tokens, for the `cost` strategy; the shipped model table's when not set.
+    price: Price | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError("weight must not be negative")
+        if self.context_window is not None and self.context_window < 1:
+            raise ValueError("context_window must be positive")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be positive")
+        if (self.rpm is not None and self.rpm < 1) or (self.tpm is not None and self.tpm < 1):
+            raise ValueError("rpm and tpm must be positive")
+
+
+FallbackReason = Literal["rate_limit", "unavailable", "timeout", "context_window", "content_policy"]
+
+
+class FallbackConfig(_Section):
+    """Other models to try, in order, when this one fails for one of the reasons in `on`."""
+
+    to: list[str]
+    on: list[FallbackReason] = msgspec.field(
+        default_factory=lambda: ["rate_limit", "unavailable", "timeout"]
+    )
+
+
+class BreakerConfig(_Section):
+    """The passive circuit breaker of each deployment of a group."""
+
+    # Opens after this many failures in a row...
+    consecutive_failures: int = 5
+    # ... or this share of failed calls over `window_s` (once `min_calls` were made in it).
+    failure_ratio: float = 0.5
+    min_calls: int = 10
+    window_s: float = 30.0
+    # How long it stays open before one trial call goes through (a 429's retry-after wins).
+    cooldown_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures < 1 or self.min_calls < 1:
+            raise ValueError("consecutive_failures and min_calls must be positive")
+        if not 0.0 < self.failure_ratio <= 1.0:
+            raise ValueError("failure_ratio must be in (0, 1]")
+        if self.window_s <= 0 or self.cooldown_s <= 0:
+            raise ValueError("window_s and cooldown_s must be positive")
+
+
+class HealthCheckConfig(_Section):
+    """Active probes of each deployment (off unless set): a tiny call every `interval_s`."""
+
+    interval_s: float = 60.0
+    timeout_s: float = 10.0
+    # With several instances: one probes at a time (a Redis lock) and all apply its results.
+    redis_url: str | None = None
+    key_prefix: str = "llm-proxy:health:"
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or self.timeout_s <= 0:
+            raise ValueError("interval_s and timeout_s must be positive")
+
+
+class ModelConfig(_Section):
+    """A model name clients ask for: one deployment (`provider`, `model`) or a group."""
+
+    provider: str = ""
+    model: str = ""
+    deployments: list[DeploymentConfig] = []
+    strategy: Literal["weighted", "least-inflight", "latency", "cost"] = "weighted"
+    # Retries after the first attempt: 2 for a group, 0 for the one-deployment form.
+    retries: int | None = None
+    # The time all attempts together may take (the client's deadline, if sooner, wins).
+    timeout_s: float | None = None
+    context_window: int | None = None
+    fallbacks: list[FallbackConfig] = []
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    health_check: HealthCheckConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.deployments:
+            if self.provider or self.model:
+                raise ValueError("give either `provider` and `model` or `deployments`, not both")
+            # The first deployment stands for the group where one name is wanted (owned_by).
+            self.provider = self.deployments[0].provider
+            self.model = self.deployments[0].model
+        elif not self.provider or not self.model:
+            raise ValueError("a model needs `provider` and `model`, or `deployments`")
+        if self.retries is not None and not 0 <= self.retries <= 10:
+            raise ValueError("retries must be 0..10")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        if self.deployments and all(d.weight == 0 for d in self.deployments):
+            raise ValueError("at least one deployment needs a positive weight")
+
+    def routes(self) -> list[DeploymentConfig]:
+        """The deployments, the one-deployment form included."""
+        if self.deployments:
+            return self.deployments
+        return [
+            DeploymentConfig(
+                provider=self.provider, model=self.model, context_window=self.context_window
+            )
+        ]
+
+    @property
+    def grouped(self) -> bool:
+        """Routed through the group runner (retries, fallbacks, breakers), not the fast path."""
+        return (
+            bool(self.deployments)
+            or bool(self.fallbacks)
+            or bool(self.retries)
+            or self.timeout_s is not None
+            or self.health_check is not None
+        )
 
 
 class CacheConfig(_Section):
@@ -120,12 +252,6 @@ class CacheConfig(_Section):
             raise ValueError("cache.max_bytes must be positive")
         if self.timeout_s <= 0:
             raise ValueError("cache.timeout_s must be positive")
-
-
-class Price(_Section):
-    input: float
-    output: float
-    cached_input: float | None = None
 
 
 class LoggingConfig(_Section):
@@ -314,12 +440,21 @@ def _named_path(data: dict[str, Any], exc: msgspec.ValidationError) -> str:
 
 def _check(config: Config) -> None:
     for name, model in config.models.items():
-        if model.provider not in config.providers:
-            known = ", ".join(sorted(config.providers)) or "none"
-            raise ConfigError(
-                f"unknown provider `{model.provider}` (known: {known}) - at "
-                f"`$.models.{name}.provider`"
-            )
+        for i, deployment in enumerate(model.routes()):
+            if deployment.provider not in config.providers:
+                known = ", ".join(sorted(config.providers)) or "none"
+                at = f"deployments[{i}].provider" if model.deployments else "provider"
+                raise ConfigError(
+                    f"unknown provider `{deployment.provider}` (known: {known}) - at "
+                    f"`$.models.{name}.{at}`"
+                )
+        for i, fallback in enumerate(model.fallbacks):
+            for j, target in enumerate(fallback.to):
+                if target not in config.models or target == name:
+                    raise ConfigError(
+                        f"fallback to unknown model `{target}` (a fallback names another "
+                        f"model of `models`) - at `$.models.{name}.fallbacks[{i}].to[{j}]`"
+                    )
     if not 0 <= config.server.port < 65536:
         raise ConfigError("port must be 0..65535 - at `$.server.port`")
     if not 0 <= config.server.grpc_port < 65536:

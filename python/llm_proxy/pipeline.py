@@ -4,14 +4,14 @@ Every call, whole or streamed, runs:
 
 1. admission: each stage of `Pipeline.admission` in order. Today that is `authenticate`
    (with `auth.mode: keys`: the caller's key, its allowed endpoints and models; first, so
-   nothing is spent on a refused call), then `route` (the model name to its deployment: an
-   unknown model is refused here). The coming stages (limits and budgets, input
-   guardrails, prompt rendering) join this list; any stage refuses a call by raising
-   GatewayError.
+   nothing is spent on a refused call), then `route` (the model name to its deployment, or
+   to its group of deployments: an unknown model is refused here). The coming stages
+   (limits and budgets, input guardrails, prompt rendering) join this list; any stage
+   refuses a call by raising GatewayError.
 2. `cache.lookup`: a hit answers the call (replayed as a stream when streamed); 3 is skipped.
-3. `upstream`: the deployment's provider answers, whole or as an event stream (routing
-   across deployments with retries and fallbacks wraps this step). A whole answer fills
-   the cache here.
+3. `upstream`: the deployment's provider answers, whole or as an event stream; for a
+   group, the router's runner does (deployments picked by strategy, retries and fallbacks
+   inside the deadline; a stream until its first event). A whole answer fills the cache here.
 4. relay (streams): each event goes to the client as it arrives (`PipelineStream`); a
    stream that finished whole is stored in the cache when it ends.
 5. record: the recorder gets every call exactly once, whatever happened (refused,
@@ -30,7 +30,6 @@ from typing import Protocol
 from .cache import CacheTicket, ResponseCache, build_cache
 from .calls import (
     Call,
-    Deployment,
     EventStream,
     Outcome,
     Reply,
@@ -39,9 +38,10 @@ from .calls import (
 )
 from .config import Config
 from .credentials import SecretMask, configured_secrets
-from .errors import GatewayError, model_not_found
+from .errors import GatewayError
 from .observe.tracing import Tracer, build_tracer
 from .providers import Provider, build_provider
+from .routing import Router
 
 
 class Recorder(Protocol):
@@ -65,27 +65,6 @@ class Stage(Protocol):
     name: str
 
     def __call__(self, call: Call) -> Awaitable[None] | None: ...
-
-
-class Router:
-    """The `route` stage: the model name a client asked for to its deployment."""
-
-    name = "route"
-
-    def __init__(self, config: Config) -> None:
-        self._deployments = {
-            name: Deployment(name, model.provider, model.model)
-            for name, model in config.models.items()
-        }
-
-    def names(self) -> list[str]:
-        return list(self._deployments)
-
-    def __call__(self, call: Call) -> None:
-        deployment = self._deployments.get(call.model)
-        if deployment is None:
-            raise model_not_found(call.model)
-        call.deployment = deployment
 
 
 class PipelineStream:
@@ -184,7 +163,7 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.providers = {name: build_provider(name, p) for name, p in config.providers.items()}
-        self.router = Router(config)
+        self.router = Router(config, self.providers)
         # Admission stages, in order (see the module docstring).
         self.admission: list[Stage] = [self.router] if auth is None else [auth, self.router]
         self.recorder: Recorder = recorder or NullRecorder()
@@ -198,6 +177,7 @@ class Pipeline:
     async def start(self) -> None:
         for provider in self.providers.values():
             await provider.start()
+        await self.router.start()
         if self.cache is not None:
             await self.cache.start()
         self.tracer = build_tracer(self.config)
@@ -205,6 +185,7 @@ class Pipeline:
 
     async def close(self) -> None:
         self.ready = False
+        await self.router.close()
         if self.cache is not None:
             await self.cache.close()
         for provider in self.providers.values():
@@ -219,8 +200,9 @@ class Pipeline:
     # Tracing must cost nothing when off: `call.span` is None then, and each step pays one
     # `is not None` check (no context managers, no no-op spans).
 
-    async def _admit(self, call: Call) -> Provider:
-        """Steps 1 (admission) of both paths; the provider of the call's deployment."""
+    async def _admit(self, call: Call) -> Provider | None:
+        """Steps 1 (admission) of both paths; the provider of the call's deployment (None for
+        a group's call: the router's runner calls the providers)."""
         if self.tracer is not None:
             call.span = self.tracer.start(call)
         span = call.span
@@ -232,12 +214,19 @@ class Pipeline:
                 await pending
         deployment = call.deployment
         assert deployment is not None, "the route stage sets the deployment"
+        if call.routing is not None:
+            return None
         return self.providers[deployment.provider]
 
     async def admit(self, call: Call) -> Provider:
         """Admission alone, for a call answered without the upstream step (a token count);
-        the caller records it with `ended`."""
-        return await self._admit(call)
+        the caller records it with `ended`. For a group, its first deployment's provider."""
+        provider = await self._admit(call)
+        if provider is None:
+            deployment = call.deployment
+            assert deployment is not None
+            return self.providers[deployment.provider]
+        return provider
 
     async def complete(self, call: Call) -> Reply:
         """A whole answer."""
@@ -259,7 +248,17 @@ class Pipeline:
                 span.upstream(deployment)
             if cache is not None and ticket is not None:
                 # Calls the provider and queues the cache write.
-                reply = await cache.fill(call, ticket, lambda: provider.complete(call, deployment))
+                reply = await cache.fill(
+                    call,
+                    ticket,
+                    lambda: (
+                        provider.complete(call, deployment)
+                        if provider is not None
+                        else self.router.complete(call)
+                    ),
+                )
+            elif provider is None:
+                reply = await self.router.complete(call)
             else:
                 reply = await provider.complete(call, deployment)
         except BaseException as exc:
@@ -290,7 +289,10 @@ class Pipeline:
                     return PipelineStream(self, call, hit)
             if span is not None:
                 span.upstream(deployment)
-            inner = await provider.stream(call, deployment)
+            if provider is None:
+                inner = await self.router.stream(call)
+            else:
+                inner = await provider.stream(call, deployment)
         except BaseException as exc:
             if isinstance(exc, GatewayError):
                 self._secrets.error(exc)

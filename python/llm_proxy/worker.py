@@ -45,8 +45,12 @@ class GatewayApp:
         self.keys.start()
         if self.keys.admin_key and self.config.server.admin_port:
             from .admin import start_admin
+            from .routing.status import deployments_state
 
-            self.admin = loop.run_until_complete(start_admin(self.keys, self.config))
+            router = self.pipeline.router
+            self.admin = loop.run_until_complete(
+                start_admin(self.keys, self.config, lambda: deployments_state(router))
+            )
         loop.run_until_complete(self.recorder.start())
         loop.run_until_complete(self.pipeline.start())
         self.http.start(loop)

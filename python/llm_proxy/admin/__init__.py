@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from ..config import Config
 from ..keys import KeyService
 from .routes import AdminApi
@@ -10,6 +13,9 @@ from .server import AdminServer, serve
 __all__ = ["AdminServer", "start_admin"]
 
 
-async def start_admin(keys: KeyService, config: Config) -> AdminServer:
-    """Listen for the admin API on server.host:server.admin_port (inside the worker)."""
-    return await serve(AdminApi(keys), config.server.host, config.server.admin_port)
+async def start_admin(
+    keys: KeyService, config: Config, deployments: Callable[[], dict[str, Any]] | None = None
+) -> AdminServer:
+    """Listen for the admin API on server.host:server.admin_port (inside the worker);
+    `deployments` answers GET /admin/v1/deployments."""
+    return await serve(AdminApi(keys, deployments), config.server.host, config.server.admin_port)

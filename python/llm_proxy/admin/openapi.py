@@ -146,6 +146,13 @@ def openapi_document() -> dict[str, Any]:
         },
         **_group_paths("teams", "Team"),
         **_group_paths("projects", "Team"),
+        "/admin/v1/deployments": {
+            "get": {
+                "summary": "Each model group's deployments as this worker sees them: breaker, "
+                "in-flight calls, EWMA latency, recent errors (docs/routing.md)",
+                "responses": _answer("200", _ref("List"), "the groups, each with its deployments"),
+            },
+        },
     }
     return {
         "openapi": "3.1.0",

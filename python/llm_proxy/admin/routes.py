@@ -90,9 +90,13 @@ def _page(
 class AdminApi:
     """Answers one admin request; holds the worker's key service."""
 
-    def __init__(self, keys: KeyService) -> None:
+    def __init__(
+        self, keys: KeyService, deployments: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
         assert keys.store is not None and keys.admin_key is not None
         self.keys = keys
+        # Each model group's deployments as this worker sees them (routing.status).
+        self.deployments = deployments
         self.store: KeyStore = keys.store
         self._admin = keys.admin_key.encode()
 
@@ -154,6 +158,10 @@ class AdminApi:
         method = request.method
         if parts == ["openapi.json"] and method == "GET":
             return 200, openapi_document()
+        if parts == ["deployments"] and self.deployments is not None:
+            if method != "GET":
+                raise _method(method, "GET")
+            return 200, self.deployments()
         if parts and parts[0] == "keys":
             return await self._keys(method, parts[1:], request)
         if parts and parts[0] in ("teams", "projects"):

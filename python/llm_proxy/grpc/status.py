@@ -47,7 +47,13 @@ _CODES: dict[int, Code] = {
     504: Code.DEADLINE_EXCEEDED,
 }
 # Upstream headers worth keeping in the trailers: when to retry and the rate-limit state.
-_KEPT_PREFIXES = ("retry-after", "x-ratelimit-", "anthropic-ratelimit-", "x-upstream-request-id")
+_KEPT_PREFIXES = (
+    "retry-after",
+    "x-ratelimit-",
+    "anthropic-ratelimit-",
+    "x-upstream-request-id",
+    "x-llm-proxy-",
+)
 _KEY = re.compile(r"[0-9a-z_.-]+")
 
 

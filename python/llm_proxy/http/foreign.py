@@ -54,11 +54,17 @@ class Target:
 
 
 def targets(config: Config, native: Callable[[object], bool]) -> dict[str, Target]:
-    """Each model's upstream name, and whether its provider speaks the client's API."""
-    return {
-        name: Target(m.model, native(config.providers.get(m.provider)))
-        for name, m in config.models.items()
-    }
+    """Each model's upstream name, and whether its provider speaks the client's API (for a
+    model group: every deployment's, its fallbacks' included, or the call is translated)."""
+
+    def speaks(name: str) -> bool:
+        model = config.models[name]
+        providers = [d.provider for d in model.routes()]
+        for fallback in model.fallbacks:
+            providers += [d.provider for t in fallback.to for d in config.models[t].routes()]
+        return all(native(config.providers.get(p)) for p in providers)
+
+    return {name: Target(m.model, speaks(name)) for name, m in config.models.items()}
 
 
 def is_anthropic(provider: object) -> bool:

@@ -47,6 +47,8 @@ class LogRecord(msgspec.Struct, kw_only=True):
     prompt: str | None = None
     completion: str | None = None
     tool_calls: str | None = None
+    # A model group's attempts, JSON: [{"deployment", "status", "latency_ms", "error"?}, ...]
+    attempts: str | None = None
 
 
 COLUMNS: tuple[str, ...] = LogRecord.__struct_fields__
@@ -260,4 +262,6 @@ class RecordBuilder:
             record.cost_usd = cost
         if call.cache_status != "off":
             record.cache_status = call.cache_status
+        if call.routing is not None and call.routing.attempts:
+            record.attempts = call.routing.attempts_json()
         return record

@@ -82,7 +82,9 @@ def migrations(dialect: str) -> list[list[str]]:
         "CREATE INDEX requests_status_ts ON requests (status, ts)",
         "CREATE INDEX requests_request_id ON requests (request_id)",
     ]
-    return [v1]
+    # v2: every attempt of a routed call (deployment, status, latency), as JSON text.
+    v2 = ["ALTER TABLE requests ADD COLUMN attempts TEXT"]
+    return [v1, v2]
 
 
 def insert_sql(dialect: str) -> str:

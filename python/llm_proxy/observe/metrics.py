@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from ..logstore.record import LogRecord
+from ..routing.attempts import Attempt, RouteState
 from .multiproc import MULTIPROC_ENV, worker_restarts
 
 # The model label of calls to a model no deployment serves (their log records keep the name).
@@ -275,6 +276,21 @@ class GatewayMetrics:
             "Failed upstream calls, by provider and error kind.",
             ["provider", "kind", "status"],
         )
+        self.route_attempts = on_loop(
+            "llm_proxy_route_attempts",
+            "Attempts at a model group's deployments, by result (ok or the failure's kind).",
+            ["model", "deployment", "result"],
+        )
+        self.route_retries = on_loop(
+            "llm_proxy_route_retries",
+            "Retries of a model group's calls, by the deployment they went to.",
+            ["model", "deployment"],
+        )
+        self.route_fallbacks = on_loop(
+            "llm_proxy_route_fallbacks",
+            "Calls that fell back to another model, by the deployment that served it.",
+            ["model", "to", "deployment"],
+        )
         if fed_on_loop:
             r.register(_LoopCollector(fed_on_loop))
         self.log_written = Counter(
@@ -373,6 +389,22 @@ class GatewayMetrics:
             if keyed is not None:
                 self._add(keyed)
 
+    def observe_route(self, model: str, route: RouteState) -> None:
+        """Count one routed call's attempts, retries and fallback (on the event loop)."""
+        previous: Attempt | None = None
+        counter = self._counter
+        for attempt in route.attempts:
+            result = "ok" if attempt.error is None else attempt.error
+            counter(("attempts", model, attempt.deployment, result)).inc()
+            if previous is not None:
+                if attempt.model == previous.model:
+                    counter(("retries", model, attempt.deployment)).inc()
+                else:
+                    counter(("fallbacks", model, attempt.model or model, attempt.deployment)).inc()
+            elif attempt.model is not None:  # fell back before the first attempt (context)
+                counter(("fallbacks", model, attempt.model, attempt.deployment)).inc()
+            previous = attempt
+
     def _kind(self, key: tuple[str, str | None, str, int, str]) -> _CallKind:
         model, provider, door, status, cache = key
         name = provider or ""
@@ -409,6 +441,9 @@ class GatewayMetrics:
             "errors": self.upstream_errors,
             "key": self.key_requests,
             "key_cost": self.key_cost,
+            "attempts": self.route_attempts,
+            "retries": self.route_retries,
+            "fallbacks": self.route_fallbacks,
         }[name]
         return metric.labels(*(str(label) for label in labels))
 

@@ -54,7 +54,7 @@ class CallRecorder:
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
-        load_encodings(model.model for model in self.config.models.values())
+        load_encodings(d.model for m in self.config.models.values() for d in m.routes())
         if self.logging:
             settings = self.config.logging
             store = open_store(settings.store, settings.store_timeout_s)
@@ -116,6 +116,11 @@ class CallRecorder:
                 log.exception("could not build the log record of %s", call.request_id)
                 continue
             records.append(record)
+            if call.routing is not None:
+                try:
+                    self.prometheus.observe_route(call.model, call.routing)
+                except Exception:
+                    log.exception("could not count the attempts of %s", call.request_id)
             if writer is not None:
                 self._hand_over(writer, record, call, outcome)
         try:

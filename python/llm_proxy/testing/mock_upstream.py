@@ -2,7 +2,8 @@
 
 Fault controls, per request header or server-wide from the command line:
 x-mock-status, x-mock-delay-ms, x-mock-hang, x-mock-disconnect-after, x-mock-malformed,
-x-mock-chunks, x-mock-chunk-delay-ms. `GET /_mock/last`, `GET /_mock/stats` and
+x-mock-chunks, x-mock-chunk-delay-ms, x-mock-fail-ratio (that share of requests fails, with
+x-mock-status or 500). `GET /_mock/last`, `GET /_mock/stats` and
 `POST /_mock/reset` let tests see what arrived and how streams ended.
 """
 

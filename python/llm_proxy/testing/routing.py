@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import asdict, dataclass
 from urllib.parse import parse_qs
@@ -45,6 +46,15 @@ class Controls:
     malformed: bool = False
     chunks: int = 8
     chunk_delay_ms: int = 0
+    # Share of requests that fail (with x-mock-status, or 500): a flaky deployment.
+    fail_ratio: float = 0.0
+
+
+def _ratio(raw: str | None) -> float:
+    try:
+        return min(1.0, max(0.0, float(raw))) if raw else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _int(headers: dict[str, str], name: str, default: int) -> int:
@@ -81,6 +91,7 @@ class MockState:
             malformed=headers.get("x-mock-malformed", "0") not in ("", "0", "false"),
             chunks=max(1, _int(headers, "x-mock-chunks", s.chunks)),
             chunk_delay_ms=_int(headers, "x-mock-chunk-delay-ms", s.chunk_delay_ms),
+            fail_ratio=_ratio(headers.get("x-mock-fail-ratio")),
         )
 
     def control_endpoint(self, req: Request) -> Whole:
@@ -126,14 +137,17 @@ class MockState:
             refused = anthropic_wire.check_headers(req.headers)
             if refused:
                 return refused
-        if ctl.status >= 300:
+        status = ctl.status
+        if ctl.fail_ratio:
+            status = (status if status >= 300 else 500) if random.random() < ctl.fail_ratio else 0
+        if status >= 300:
             if anthropic:
-                return anthropic_wire.error(ctl.status)
+                return anthropic_wire.error(status)
             if req.headers.get("x-mock-echo-key"):
                 # As OpenAI does for a wrong key: the error quotes the key it was sent.
                 sent = req.headers.get("authorization", "").split()[-1:] or [""]
-                return openai_wire.error(ctl.status, f"Incorrect API key provided: {sent[0]}.")
-            return openai_wire.error(ctl.status)
+                return openai_wire.error(status, f"Incorrect API key provided: {sent[0]}.")
+            return openai_wire.error(status)
         if path.startswith("/v1/responses/") and req.method in ("GET", "DELETE"):
             response_id = path[len("/v1/responses/") :]
             if req.method == "GET":

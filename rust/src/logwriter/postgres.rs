@@ -19,10 +19,10 @@ use super::store::{safe_url, Store, StoreError};
 use super::tls;
 
 /// The element type of each column's array, in COLUMNS order.
-const ARRAY_TYPES: [&str; 28] = [
+const ARRAY_TYPES: [&str; 29] = [
     "text", "float8", "text", "text", "text", "text", "text", "text", "text", "text", "bool",
     "int4", "text", "text", "float8", "float8", "float8", "float8", "int4", "int4", "int4", "bool",
-    "float8", "text", "text", "text", "text", "text",
+    "float8", "text", "text", "text", "text", "text", "text",
 ];
 
 fn insert_sql() -> String {
@@ -221,7 +221,8 @@ impl Store for PostgresStore {
         let prompt = opt(|r| r.prompt.as_deref());
         let completion = opt(|r| r.completion.as_deref());
         let tool_calls = opt(|r| r.tool_calls.as_deref());
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 28] = [
+        let attempts = opt(|r| r.attempts.as_deref());
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 29] = [
             &id,
             &ts,
             &request_id,
@@ -250,6 +251,7 @@ impl Store for PostgresStore {
             &prompt,
             &completion,
             &tool_calls,
+            &attempts,
         ];
         let result = run(&self.runtime, self.timeout, async {
             conn.client.execute(&conn.insert, &params).await.map(|_| ())
@@ -302,9 +304,9 @@ mod tests {
     #[test]
     fn insert_names_every_column_once_with_its_array_type() {
         let sql = insert_sql();
-        assert!(sql.contains("$28::text[]"));
+        assert!(sql.contains("$29::text[]"));
         assert!(sql.contains("$2::float8[]"));
-        assert!(!sql.contains("$29"));
+        assert!(!sql.contains("$30"));
         assert_eq!(int4(1 << 40), i32::MAX);
     }
 

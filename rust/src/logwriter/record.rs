@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::redact::{redact, SecretMask};
 
 /// The stores' columns, in order (the `requests` table).
-pub const COLUMNS: [&str; 28] = [
+pub const COLUMNS: [&str; 29] = [
     "id",
     "ts",
     "request_id",
@@ -35,6 +35,7 @@ pub const COLUMNS: [&str; 28] = [
     "prompt",
     "completion",
     "tool_calls",
+    "attempts",
 ];
 
 fn off() -> String {
@@ -98,6 +99,9 @@ pub struct LogRecord {
     pub completion: Option<String>,
     #[serde(default)]
     pub tool_calls: Option<String>,
+    /// A model group's attempts as JSON text (schema v2); None for a one-deployment model.
+    #[serde(default)]
+    pub attempts: Option<String>,
     #[serde(default, skip_serializing)]
     pub caller_key: Option<String>,
 }
@@ -125,7 +129,7 @@ impl LogRecord {
         ]
     }
 
-    fn optional_texts_mut(&mut self) -> [&mut Option<String>; 9] {
+    fn optional_texts_mut(&mut self) -> [&mut Option<String>; 10] {
         [
             &mut self.key_id,
             &mut self.team,
@@ -136,6 +140,7 @@ impl LogRecord {
             &mut self.prompt,
             &mut self.completion,
             &mut self.tool_calls,
+            &mut self.attempts,
         ]
     }
 
@@ -384,6 +389,7 @@ pub(crate) mod tests {
             prompt: Some("Say hello sk-provider-secret".into()),
             completion: Some("hello there".into()),
             tool_calls: None,
+            attempts: None,
             caller_key: None,
         }
     }

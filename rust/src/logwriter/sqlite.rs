@@ -18,7 +18,7 @@ use rusqlite::{Connection, ErrorCode};
 use super::record::{LogRecord, COLUMNS};
 use super::store::{Store, StoreError};
 
-/// Rows per INSERT statement (28 values a row, under SQLite's 32,766 bound parameters).
+/// Rows per INSERT statement (29 values a row, under SQLite's 32,766 bound parameters).
 const ROWS_PER_INSERT: usize = 500;
 
 /// `sqlite:///rel/path` -> `rel/path`; `sqlite:////abs/path` -> `/abs/path`; a path as is.
@@ -101,6 +101,7 @@ impl SqliteStore {
             bind(&mut stmt, &r.prompt)?;
             bind(&mut stmt, &r.completion)?;
             bind(&mut stmt, &r.tool_calls)?;
+            bind(&mut stmt, &r.attempts)?;
         }
         stmt.raw_execute()?;
         Ok(())
@@ -213,7 +214,7 @@ pub(crate) mod tests {
     use crate::logwriter::record::tests::sample;
     use std::os::unix::fs::PermissionsExt;
 
-    /// The v1 schema as Python creates it (only the tests create it from Rust).
+    /// The schema (v1 and v2) as Python creates it (only the tests create it from Rust).
     pub(crate) const SCHEMA: &str = "CREATE TABLE requests (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, ts REAL NOT NULL,
         request_id TEXT NOT NULL, door TEXT NOT NULL, key_id TEXT, team TEXT,
@@ -222,7 +223,7 @@ pub(crate) mod tests {
         latency_ms REAL NOT NULL, upstream_ms REAL, overhead_ms REAL, ttft_ms REAL,
         prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
         tokens_counted INTEGER NOT NULL, cost_usd REAL, cache_status TEXT, content TEXT,
-        prompt TEXT, completion TEXT, tool_calls TEXT)";
+        prompt TEXT, completion TEXT, tool_calls TEXT, attempts TEXT)";
 
     pub(crate) fn with_schema(path: &Path) {
         let conn = Connection::open(path).unwrap();
