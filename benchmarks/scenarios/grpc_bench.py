@@ -297,16 +297,17 @@ def _check_one_call(target: str) -> None:
 def floor(seconds: float, runs: int) -> dict[str, Any]:
     """The two doors' floors in one run: Granian's no-op HTTP app (wrk, 64 connections) and
     the Rust core's gRPC server answering through the loop hand-off (h2load, 64 streams)."""
-    import run as bench_run
-    from common import wrk
     from llm_proxy.grpc.gen import gateway_pb2 as pb
+
+    from ..harness import granian_floor
+    from ..load import wrk
 
     unary, _ = _requests(pb)
     message = unary.SerializeToString()
     path = "/llm_proxy.v1.Gateway/ChatCompletion"
     results: dict[str, Any] = {"http": [], "grpc_4x16": [], "grpc_64x1": []}
     for _ in range(runs):
-        with bench_run.granian_floor() as noop:
+        with granian_floor() as noop:
             r = wrk(noop.url + "/", b"{}", connections=64, seconds=seconds)
             results["http"].append(
                 {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms, "errors": r.errors}
@@ -335,9 +336,9 @@ def doors(seconds: float, runs: int) -> dict[str, Any]:
 
 
 def _doors_on(gw: Any, grpc_port: int, seconds: float, runs: int) -> dict[str, Any]:
-    from common import wrk
     from llm_proxy.grpc.gen import gateway_pb2 as pb
-    from overhead import BODY
+
+    from ..load import BODY, wrk
 
     unary, _ = _requests(pb)
     message = unary.SerializeToString()
