@@ -15,13 +15,14 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
-from ..calls import SHUTDOWN_MESSAGE, Call, Endpoint, Outcome, decode_call, new_request_id, shown
+from ..calls import Call, Endpoint, Outcome, decode_call, new_request_id, shown
 from ..config import Config
 from ..errors import GatewayError
 from ..keys.stage import Authenticate, key_info
 from ..pipeline import Pipeline, PipelineStream
 from .foreign import ForeignApi
 from .messages import CountTokensApi, MessagesApi
+from .outcomes import ClientGone, first_event, shutting_down, stream_failed
 from .responses import STORED_PREFIX, ResponsesApi
 from .watch import RequestWatch
 
@@ -71,10 +72,6 @@ def _cache_headers(call: Call) -> list[tuple[str, str]]:
     if call.cache_age_s is None:
         return [("x-llm-proxy-cache", call.cache_status)]
     return [("x-llm-proxy-cache", call.cache_status), ("age", str(int(call.cache_age_s)))]
-
-
-class _ClientGone(Exception):
-    """The client went away (or broke the connection) before its body arrived whole."""
 
 
 class HttpDoor:
@@ -151,7 +148,7 @@ class HttpDoor:
                 )
         except GatewayError as exc:
             _error_response(proto, exc, request_id, _since_ms(started))
-        except _ClientGone:
+        except ClientGone:
             pass  # nobody is left to answer
         except Exception:
             log.exception("unhandled error in request %s", request_id)
@@ -274,7 +271,7 @@ class HttpDoor:
         if now - self._broken_logged_at >= _BROKEN_BODY_LOG_S:
             self._broken_logged_at = now
             log.info("a client left before its request body arrived whole (%s)", text[:200])
-        return _ClientGone()
+        return ClientGone()
 
     def _refused(
         self, endpoint: Endpoint, request_id: str, exc: GatewayError, model: str = ""
@@ -324,7 +321,7 @@ class HttpDoor:
             if watch.cut_by_shutdown(task):
                 task.uncancel()
                 if not call.stream:
-                    _error_response(proto, _shutting_down(), request_id, call.overhead_ms())
+                    _error_response(proto, shutting_down(), request_id, call.overhead_ms())
                 return
             if not watch.client_left(task):
                 raise
@@ -342,7 +339,7 @@ class HttpDoor:
             events = stream.__aiter__()
             # The response starts with the first event, not before: an upstream that fails
             # before it gets its HTTP error status.
-            first = await _first_event(events, call.request_id)
+            first = await first_event(events, call.request_id)
             headers = [
                 *_SSE_HEADERS,
                 ("x-request-id", call.request_id),
@@ -361,10 +358,10 @@ class HttpDoor:
                 if stream is not None:
                     await stream.aclose()
                 if transport is None:
-                    _error_response(proto, _shutting_down(), call.request_id, call.overhead_ms())
+                    _error_response(proto, shutting_down(), call.request_id, call.overhead_ms())
                 else:
                     with contextlib.suppress(ProtocolClosed, ProtocolError):
-                        await transport.send_bytes(_shutting_down().sse_event())
+                        await transport.send_bytes(shutting_down().sse_event())
                 return
             if not self.watch.client_left(task):
                 raise
@@ -396,27 +393,4 @@ class HttpDoor:
                 pass  # the client left; closing `events` closes the upstream
             except Exception:
                 with contextlib.suppress(ProtocolClosed, ProtocolError):
-                    await transport.send_bytes(_stream_failed(request_id).sse_event())
-
-
-async def _first_event(events: AsyncGenerator[bytes, None], request_id: str) -> bytes | None:
-    """The stream's first event (None if it has none); its failure is the response's error."""
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        return None
-    except GatewayError:
-        raise
-    except Exception:
-        raise _stream_failed(request_id) from None
-
-
-def _shutting_down() -> GatewayError:
-    return GatewayError(503, SHUTDOWN_MESSAGE, code="shutdown")
-
-
-def _stream_failed(request_id: str) -> GatewayError:
-    """A stream broken by a bug: logged with its traceback (call inside the `except`), answered
-    as a 502 (an HTTP error before the first event, an SSE error event after it)."""
-    log.exception("stream %s failed", request_id)
-    return GatewayError(502, "stream failed")
+                    await transport.send_bytes(stream_failed(request_id).sse_event())

@@ -20,9 +20,10 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
-from ..calls import SHUTDOWN_MESSAGE, Call, ClientWire, Headers, Outcome, Reply, shown
+from ..calls import Call, ClientWire, Headers, Outcome, Reply, shown
 from ..config import AnthropicProvider, Config
 from ..errors import GatewayError
+from .outcomes import ClientGone, first_event, shutting_down
 
 if TYPE_CHECKING:
     from .door import HttpDoor
@@ -133,8 +134,6 @@ class ForeignApi:
 
     async def read(self, scope: Scope, proto: HTTPProtocol, request_id: str) -> bytes:
         """The POST body, or a GatewayError (recorded as refused)."""
-        from .door import _ClientGone
-
         if scope.method != "POST":
             raise GatewayError(
                 405,
@@ -145,7 +144,7 @@ class ForeignApi:
         assert task is not None
         try:
             return await self.door._read_body(scope, proto, task)
-        except _ClientGone:
+        except ClientGone:
             raise
         except GatewayError as exc:
             self.refused(request_id, exc)
@@ -154,8 +153,6 @@ class ForeignApi:
     async def __call__(
         self, scope: Scope, proto: HTTPProtocol, request_id: str, started: float
     ) -> None:
-        from .door import _ClientGone
-
         try:
             body = await self.read(scope, proto, request_id)
             try:
@@ -167,7 +164,7 @@ class ForeignApi:
             await self.run(call, proto)
         except GatewayError as exc:
             self.error_response(proto, exc, request_id, started)
-        except _ClientGone:
+        except ClientGone:
             pass
         except Exception:
             log.exception("unhandled error in request %s", request_id)
@@ -204,7 +201,7 @@ class ForeignApi:
             if watch.cut_by_shutdown(task):
                 task.uncancel()
                 if not call.stream:
-                    self.error_response(proto, _shutting_down(), call.request_id, call.started)
+                    self.error_response(proto, shutting_down(), call.request_id, call.started)
                 return
             if not watch.client_left(task):
                 raise
@@ -213,14 +210,12 @@ class ForeignApi:
             watch.done(task)
 
     async def _stream(self, call: Call, proto: HTTPProtocol, task: asyncio.Task[Any]) -> None:
-        from .door import _first_event
-
         stream = None
         transport: Any = None
         try:
             stream = await self.pipeline.stream(call)
             events = stream.__aiter__()
-            first = await _first_event(events, call.request_id)
+            first = await first_event(events, call.request_id)
             translator = self.passthrough(call) if self.native(call) else self.translator(call)
             headers = [
                 *_SSE_HEADERS,
@@ -237,10 +232,10 @@ class ForeignApi:
                 if stream is not None:
                     await stream.aclose()
                 if transport is None:
-                    self.error_response(proto, _shutting_down(), call.request_id, call.started)
+                    self.error_response(proto, shutting_down(), call.request_id, call.started)
                 else:
                     with contextlib.suppress(ProtocolClosed, ProtocolError):
-                        await transport.send_bytes(self.error_event(_shutting_down()))
+                        await transport.send_bytes(self.error_event(shutting_down()))
                 return
             if not self.door.watch.client_left(task):
                 raise
@@ -291,10 +286,6 @@ def _cache_headers(call: Call) -> list[tuple[str, str]]:
     if call.cache_age_s is None:
         return [("x-llm-proxy-cache", call.cache_status)]
     return [("x-llm-proxy-cache", call.cache_status), ("age", str(int(call.cache_age_s)))]
-
-
-def _shutting_down() -> GatewayError:
-    return GatewayError(503, SHUTDOWN_MESSAGE, code="shutdown")
 
 
 def header_text(headers: Mapping[str, Any] | Headers, name: str) -> str | None:

@@ -28,6 +28,7 @@ from ..wire.anthropic import (
     token_count_decoder,
 )
 from .foreign import JSON, ForeignApi, is_anthropic, native_providers, targets
+from .outcomes import ClientGone
 
 if TYPE_CHECKING:
     from .door import HttpDoor
@@ -129,8 +130,6 @@ class CountTokensApi(MessagesApi):
     async def __call__(
         self, scope: Scope, proto: HTTPProtocol, request_id: str, started: float
     ) -> None:
-        from .door import _ClientGone
-
         call: Call | None = None
         try:
             body = await self.read(scope, proto, request_id)
@@ -167,7 +166,7 @@ class CountTokensApi(MessagesApi):
             if call is None:
                 self.refused(request_id, exc)
             self.error_response(proto, exc, request_id, started)
-        except _ClientGone:
+        except ClientGone:
             pass
 
     async def _count(self, call: Call) -> tuple[bytes, str]:

@@ -8,8 +8,7 @@ worker sums the values of all of them.
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -20,96 +19,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from ..logstore.record import LogRecord
 from ..routing.attempts import Attempt, RouteState
-from .multiproc import MULTIPROC_ENV, worker_restarts
+from .loop_metrics import LoopCollector, LoopFamily, WorkerRestarts
+from .multiproc import MULTIPROC_ENV
 
 # The model label of calls to a model no deployment serves (their log records keep the name).
 UNKNOWN_MODEL = "(unknown)"
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
-
-
-class _Series:
-    """One labelled histogram series in plain numbers (the event loop is its only writer)."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
-        self.sum += value
-
-
-class _Total:
-    """One labelled counter in a plain number (the event loop is its only writer)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def inc(self, amount: float = 1) -> None:
-        self.value += amount
-
-
-class _LoopFamily:
-    """A counter or histogram fed only on the event loop, exposed through prometheus-client's
-    collector API: no lock and no checks per observation, which the event loop would pay per
-    call. Fed and scraped on the event loop only. One worker only: with several,
-    each value must go through prometheus-client's multiprocess files, so GatewayMetrics uses
-    its metrics there."""
-
-    def __init__(
-        self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float] | None = None
-    ) -> None:
-        if buckets is not None and (not buckets or list(buckets) != sorted(set(buckets))):
-            raise ValueError(f"{name}: buckets must be increasing and not empty")
-        self.name, self.doc, self.labelnames = name, doc, list(labels)
-        self.bounds = tuple(buckets) if buckets is not None else None
-        self.series: dict[tuple[str, ...], _Series | _Total] = {}
-
-    def labels(self, *values: object) -> Any:
-        key = tuple(str(v) for v in values)
-        child = self.series.get(key)
-        if child is None:
-            child = self.series[key] = _Total() if self.bounds is None else _Series(self.bounds)
-        return child
-
-    def family(self) -> Metric:
-        if self.bounds is None:
-            counter = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
-            for key, total in list(self.series.items()):
-                assert isinstance(total, _Total)
-                counter.add_metric(list(key), total.value)
-            return counter
-        histogram = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
-        edges = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
-        for key, series in list(self.series.items()):
-            assert isinstance(series, _Series)
-            running, buckets = 0.0, []
-            for edge, count in zip(edges, series.counts, strict=True):
-                running += count
-                buckets.append((edge, running))
-            histogram.add_metric(list(key), buckets, series.sum)
-        return histogram
-
-
-class _LoopCollector(Collector):
-    def __init__(self, families: list[_LoopFamily]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self.families:
-            yield family.family()
 
 
 class _CallKind:
@@ -184,15 +103,6 @@ class _CallKind:
             self.cost.inc(cost_usd)
 
 
-class _WorkerRestarts(Collector):
-    def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "llm_proxy_worker_restarts",
-            "Workers started again after one died (an OOM kill, a crash).",
-            value=worker_restarts(),
-        )
-
-
 class GatewayMetrics:
     """The gateway's counters and histograms. The per-call ones are fed on the event loop, a
     batch of records at a time (observe_batch); the log writer's own on its thread."""
@@ -204,8 +114,8 @@ class GatewayMetrics:
         self._kinds: dict[tuple[str, str | None, str, int, str], _CallKind] = {}
         self._batch = 0
         r = self.registry = CollectorRegistry(auto_describe=True)
-        r.register(_WorkerRestarts())
-        fed_on_loop: list[_LoopFamily] = []
+        r.register(WorkerRestarts())
+        fed_on_loop: list[LoopFamily] = []
 
         def on_loop(
             name: str, doc: str, labels: list[str], buckets: Sequence[float] | None = None
@@ -215,7 +125,7 @@ class GatewayMetrics:
                 if buckets is None:
                     return Counter(name, doc, labels, registry=r)
                 return Histogram(name, doc, labels, buckets=buckets, registry=r)
-            family = _LoopFamily(name, doc, labels, buckets)
+            family = LoopFamily(name, doc, labels, buckets)
             fed_on_loop.append(family)
             return family
 
@@ -292,7 +202,7 @@ class GatewayMetrics:
             ["model", "to", "deployment"],
         )
         if fed_on_loop:
-            r.register(_LoopCollector(fed_on_loop))
+            r.register(LoopCollector(fed_on_loop))
         self.log_written = Counter(
             "llm_proxy_log_records_written", "Log records written to the store.", registry=r
         )
@@ -454,7 +364,7 @@ class GatewayMetrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            registry.register(_WorkerRestarts())
+            registry.register(WorkerRestarts())
             return CONTENT_TYPE_LATEST, generate_latest(registry)
         return CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
