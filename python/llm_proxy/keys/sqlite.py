@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
+from ..logstore.sqlite import open_database
 from .migrations import Execute, KeyStoreError
 
 
@@ -30,17 +28,7 @@ class SqliteKeyDb:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                # Created private, like the log store, and only when missing: closing another
-                # descriptor of an open database drops this process's POSIX locks on it.
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-            conn = sqlite3.connect(
-                self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._conn = conn
+            self._conn = open_database(self.path, self.timeout_s)
         return self._conn
 
     @contextmanager

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +32,33 @@ sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
 sqlite3.register_adapter(bool, int)
 
 
+def open_database(path: str, timeout_s: float) -> sqlite3.Connection:
+    """A connection to the SQLite file at `path` in WAL mode, the file made 0600 if new.
+
+    The mode is set with chmod once SQLite has created the file, not by creating it first:
+    closing another descriptor of a database drops every POSIX lock this process holds on it
+    (another connection's, in another thread), and another process may then reset the WAL.
+    """
+    memory = path == ":memory:"
+    new = not memory and not os.path.exists(path)
+    if new:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+    if new:
+        os.chmod(path, 0o600)  # before anything is written; the WAL takes this mode
+    # Switching to WAL can meet another starting connection's lock without waiting on it.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return conn
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
+
+
 def sqlite_path(url: str) -> str:
     """`sqlite:///rel/path` -> `rel/path`; `sqlite:////abs/path` -> `/abs/path`."""
     path = url.removeprefix("sqlite://")
@@ -56,19 +83,7 @@ class SqliteStore:
 
     def connect(self) -> None:
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                # Created 0600 before SQLite opens it (it holds prompts; the WAL and shared
-                # memory files SQLite adds take the database file's mode). Only when it does
-                # not exist: closing another descriptor of an open database drops every POSIX
-                # lock this process holds on it (the key store's connection to the same file),
-                # and another process may then reset the WAL under it.
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-            conn = sqlite3.connect(
-                self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
+            conn = open_database(self.path, self.timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")
             # A bigger page cache and rarer WAL checkpoints: less writer CPU per logged row.
             conn.execute("PRAGMA cache_size=-32768")
