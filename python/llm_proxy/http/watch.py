@@ -25,6 +25,7 @@ class RequestWatch:
     def __init__(self, body_timeout_s: float) -> None:
         self.body_timeout_s = body_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._time: Any = _no_time
         self._timer: asyncio.TimerHandle | None = None
         self._reads: dict[asyncio.Task[Any], float] = {}
         self._timed_out: set[asyncio.Task[Any]] = set()
@@ -39,6 +40,7 @@ class RequestWatch:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._time = loop.time
         self._timer = loop.call_later(_TICK_S, self._tick)
 
     def stop(self) -> None:
@@ -52,14 +54,10 @@ class RequestWatch:
             if gone is not None:
                 gone.cancel()
 
-    def _now(self) -> float:
-        loop = self._loop
-        return loop.time() if loop is not None else 0.0
-
     # -- body reads ------------------------------------------------------------------------
 
     def reading(self, task: asyncio.Task[Any]) -> None:
-        self._reads[task] = self._now() + self.body_timeout_s
+        self._reads[task] = self._time() + self.body_timeout_s
 
     def read_done(self, task: asyncio.Task[Any]) -> bool:
         """Stop the read's deadline; True if it passed (the read was cancelled for it)."""
@@ -72,13 +70,14 @@ class RequestWatch:
     # -- requests in flight ----------------------------------------------------------------
 
     def running(self, task: asyncio.Task[Any], proto: HTTPProtocol, call: Call) -> None:
-        self._running[task] = (self._now(), proto, None)
+        self._running[task] = (self._time(), proto, None)
         self._calls[task] = call
 
     def done(self, task: asyncio.Task[Any]) -> bool:
         """The request ended; True if its client left (the task was cancelled for it)."""
         self._calls.pop(task, None)
-        self._shut.discard(task)
+        if self._shut:
+            self._shut.discard(task)
         entry = self._running.pop(task, None)
         if entry is not None and entry[2] is not None:
             entry[2].cancel()
@@ -139,3 +138,7 @@ class RequestWatch:
             task.cancel()
 
         return gone
+
+
+def _no_time() -> float:
+    return 0.0

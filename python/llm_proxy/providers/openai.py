@@ -90,7 +90,8 @@ class OpenAICompatible:
         return self.base_url + _PATHS[call.endpoint]
 
     def body(self, call: Call, deployment: Deployment) -> bytes:
-        body = call.client_body if self.native(call) else call.body
+        # Inline rather than self.native(call): this runs on every call.
+        body = call.client_body if call.wire == "responses" and self.responses_api else call.body
         if deployment.model == call.model:
             return body
         return with_model(body, deployment.model)
@@ -116,7 +117,7 @@ class OpenAICompatible:
             call.upstream_s += time.perf_counter() - started
         if resp.status != 200:
             raise upstream_error(resp, self.name)
-        if self.native(call):
+        if call.wire == "responses" and self.responses_api:
             try:
                 response = response_head_decoder.decode(resp.body)
             except msgspec.DecodeError:
