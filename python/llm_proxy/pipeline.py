@@ -262,9 +262,7 @@ class Pipeline:
             else:
                 reply = await provider.complete(call, deployment)
         except BaseException as exc:
-            if isinstance(exc, GatewayError):
-                self._secrets.error(exc)
-            self.ended(call, _failed(call, exc))
+            self.ended(call, self._failed(call, exc))
             raise
         self.ended(call, Outcome(reply.status, usage=reply.usage, response_body=reply.body))
         return reply
@@ -294,11 +292,16 @@ class Pipeline:
             else:
                 inner = await provider.stream(call, deployment)
         except BaseException as exc:
-            if isinstance(exc, GatewayError):
-                self._secrets.error(exc)
-            self.ended(call, _failed(call, exc))
+            self.ended(call, self._failed(call, exc))
             raise
         return PipelineStream(self, call, inner, ticket)
+
+    def _failed(self, call: Call, exc: BaseException) -> Outcome:
+        """The outcome of a call that raised; a GatewayError's upstream-echoed secrets are
+        masked first, so neither the client nor the record sees them."""
+        if isinstance(exc, GatewayError):
+            self._secrets.error(exc)
+        return _failed(call, exc)
 
     def ended(self, call: Call, outcome: Outcome) -> None:
         """Step 5 of every call: its log record and metrics, and its span's end."""

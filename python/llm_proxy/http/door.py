@@ -22,7 +22,7 @@ from ..keys.stage import Authenticate, key_info
 from ..pipeline import Pipeline, PipelineStream
 from .foreign import ForeignApi
 from .messages import CountTokensApi, MessagesApi
-from .outcomes import ClientGone, first_event, shutting_down, stream_failed
+from .outcomes import ClientGone, first_event, shutting_down, stream_cancelled, stream_failed
 from .responses import STORED_PREFIX, ResponsesApi
 from .watch import RequestWatch
 
@@ -351,26 +351,16 @@ class HttpDoor:
             transport = proto.response_stream(200, headers)
             await self._pump(events, first, transport, call.request_id)
         except asyncio.CancelledError:
-            if self.watch.cut_by_shutdown(task):
-                # Cut before the worker's grace ran out: the client gets the error (an event
-                # once the stream started) and the call its record (503), not a dead socket.
-                task.uncancel()
-                if stream is not None:
-                    await stream.aclose()
+
+            async def answer_shutdown() -> None:
                 if transport is None:
                     _error_response(proto, shutting_down(), call.request_id, call.overhead_ms())
                 else:
                     with contextlib.suppress(ProtocolClosed, ProtocolError):
                         await transport.send_bytes(shutting_down().sse_event())
-                return
-            if not self.watch.client_left(task):
+
+            if not await stream_cancelled(self.watch, task, stream, answer_shutdown):
                 raise
-            # The call is logged as the client's (499); nobody is left to read an answer. A
-            # started `events` has already ended (the cancellation ran through it, or _pump
-            # closed it); `stream.aclose` records a stream that never started.
-            task.uncancel()
-            if stream is not None:
-                await stream.aclose()
 
     async def _pump(
         self,

@@ -23,7 +23,7 @@ from granian.rsgi import Scope
 from ..calls import Call, ClientWire, Headers, Outcome, Reply, shown
 from ..config import AnthropicProvider, Config
 from ..errors import GatewayError
-from .outcomes import ClientGone, first_event, shutting_down
+from .outcomes import ClientGone, first_event, shutting_down, stream_cancelled
 
 if TYPE_CHECKING:
     from .door import HttpDoor
@@ -227,21 +227,16 @@ class ForeignApi:
             transport = proto.response_stream(200, headers)
             await self._pump(events, first, transport, translator, call.request_id)
         except asyncio.CancelledError:
-            if self.door.watch.cut_by_shutdown(task):
-                task.uncancel()
-                if stream is not None:
-                    await stream.aclose()
+
+            async def answer_shutdown() -> None:
                 if transport is None:
                     self.error_response(proto, shutting_down(), call.request_id, call.started)
                 else:
                     with contextlib.suppress(ProtocolClosed, ProtocolError):
                         await transport.send_bytes(self.error_event(shutting_down()))
-                return
-            if not self.door.watch.client_left(task):
+
+            if not await stream_cancelled(self.door.watch, task, stream, answer_shutdown):
                 raise
-            task.uncancel()
-            if stream is not None:
-                await stream.aclose()
 
     async def _pump(
         self,

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..calls import SHUTDOWN_MESSAGE
 from ..errors import GatewayError
+
+if TYPE_CHECKING:
+    from ..pipeline import PipelineStream
+    from .watch import RequestWatch
 
 log = logging.getLogger("llm_proxy.http")
 
@@ -36,3 +41,31 @@ def stream_failed(request_id: str) -> GatewayError:
     as a 502 (an HTTP error before the first event, an SSE error event after it)."""
     log.exception("stream %s failed", request_id)
     return GatewayError(502, "stream failed")
+
+
+async def stream_cancelled(
+    watch: RequestWatch,
+    task: Any,
+    stream: PipelineStream | None,
+    answer_shutdown: Callable[[], Awaitable[None]],
+) -> bool:
+    """After a streaming handler's CancelledError: True when the gateway's shutdown or the
+    client's leaving caused it (the stream closed and recorded, a shutdown answered through
+    `answer_shutdown`); False when the cancellation must go on."""
+    if watch.cut_by_shutdown(task):
+        # Cut before the worker's grace ran out: the client gets the error (an event once the
+        # stream started) and the call its record (503), not a dead socket.
+        task.uncancel()
+        if stream is not None:
+            await stream.aclose()
+        await answer_shutdown()
+        return True
+    if not watch.client_left(task):
+        return False
+    # The call is logged as the client's (499); nobody is left to read an answer. A started
+    # stream has already ended (the cancellation ran through it); `aclose` records one that
+    # never started.
+    task.uncancel()
+    if stream is not None:
+        await stream.aclose()
+    return True
