@@ -1,0 +1,1 @@
+"""Rate limits and budgets: shared across instances through Redis, exact per scope."""
