@@ -7,7 +7,7 @@ import time
 import msgspec
 import pytest
 from llm_proxy.calls import Call, Deployment, Outcome, ResponseHead, SimpleSummary, Usage
-from llm_proxy.logstore.prices import PriceTable
+from llm_proxy.pricing import PriceTable
 from llm_proxy.logstore.record import RecordBuilder
 
 ANSWER = (

@@ -23,6 +23,7 @@ from .wire.openai import (
 )
 
 if TYPE_CHECKING:
+    from .limits.stage import Ticket
     from .observe.tracing import CallSpan
     from .routing.attempts import RouteState
 
@@ -110,6 +111,12 @@ class Call:
     passthrough: bool = False
     # A model group's routing (attempts, fallback); None for a one-deployment model.
     routing: RouteState | None = None
+    # The output tokens the client allows (max_tokens / max_completion_tokens), if it said.
+    max_tokens: int | None = None
+    # What the limits stage reserved (settled when the call ends), and the x-ratelimit-*
+    # headers of the answer.
+    limits: Ticket | None = None
+    rate_headers: list[tuple[str, str]] | None = None
 
     @property
     def api_endpoint(self) -> str:
@@ -271,7 +278,7 @@ def decode_call(
         prompt = bytes(head.input)
     options = getattr(head, "stream_options", None)
     # By position, in field order: with keywords, making a Call cost twice as much.
-    return Call(
+    call = Call(
         request_id,
         door,
         endpoint,
@@ -282,3 +289,9 @@ def decode_call(
         prompt,
         headers,
     )
+    cap = getattr(head, "max_completion_tokens", None) or getattr(head, "max_tokens", None)
+    if cap is not None:
+        if cap < 0:
+            raise bad_request("`max_tokens` must not be negative", param="max_tokens")
+        call.max_tokens = cap
+    return call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -102,6 +103,23 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
     return int(mock_main(argv))
 
 
+def cmd_prices(args: argparse.Namespace) -> int:
+    from .pricing import price_rows, render_prices
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr)
+        return 2
+    rows = price_rows(config, args.all)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(render_prices(rows, config.pricing.unknown_model))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-proxy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llm-proxy {__version__}")
@@ -145,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     deployments.set_defaults(func=cmd_deployments)
 
     keys_cli.add_commands(sub)
+
+    prices = sub.add_parser("prices", help="the effective price table (shipped table + config)")
+    prices.add_argument("--config", help="the config file serve uses (default: built-in config)")
+    prices.add_argument("--all", action="store_true", help="every priced model, not only yours")
+    prices.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    prices.set_defaults(func=cmd_prices)
 
     cap = sub.add_parser("capacity", help="cores (workers) needed for a load, from a bench result")
     capacity.add_arguments(cap)

@@ -13,8 +13,19 @@ import yaml
 from .auth_config import AuthConfig, DeclaredGroup, DeclaredKey
 from .config_base import ConfigError, MiB
 from .config_base import Section as _Section
+from .limits.spec import RateLimits
+from .limits_config import LimitsConfig, Price, PricingConfig
 
-__all__ = ["AuthConfig", "ConfigError", "DeclaredGroup", "DeclaredKey", "MiB"]
+__all__ = [
+    "AuthConfig",
+    "ConfigError",
+    "DeclaredGroup",
+    "DeclaredKey",
+    "LimitsConfig",
+    "MiB",
+    "Price",
+    "PricingConfig",
+]
 
 
 class ServerConfig(_Section):
@@ -83,12 +94,6 @@ class MockProvider(_ProviderBase, tag="mock", kw_only=True):
 
 
 ProviderConfig = OpenAIProvider | AzureProvider | AnthropicProvider | MockProvider
-
-
-class Price(_Section):
-    input: float
-    output: float
-    cached_input: float | None = None
 
 
 class DeploymentConfig(_Section):
@@ -183,6 +188,8 @@ class ModelConfig(_Section):
     fallbacks: list[FallbackConfig] = []
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     health_check: HealthCheckConfig | None = None
+    # The model's capacity across every caller (rpm, tpm, max_parallel), shared like all limits.
+    limits: RateLimits | None = None
 
     def __post_init__(self) -> None:
         if self.deployments:
@@ -323,6 +330,8 @@ class Config(_Section):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

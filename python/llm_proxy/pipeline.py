@@ -5,9 +5,11 @@ Every call, whole or streamed, runs:
 1. admission: each stage of `Pipeline.admission` in order. Today that is `authenticate`
    (with `auth.mode: keys`: the caller's key, its allowed endpoints and models; first, so
    nothing is spent on a refused call), then `route` (the model name to its deployment, or
-   to its group of deployments: an unknown model is refused here). The coming stages
-   (limits and budgets, input guardrails, prompt rendering) join this list; any stage
-   refuses a call by raising GatewayError.
+   to its group of deployments: an unknown model is refused here), then `limits` (when any
+   limit or budget can apply: the call's requests, tokens, slot in flight and maximum cost
+   reserved in every scope it meets, all or nothing; after `route`, whose deployment
+   prices the call). The coming stages (input guardrails, prompt rendering) join this list;
+   any stage refuses a call by raising GatewayError.
 2. `cache.lookup`: a hit answers the call (replayed as a stream when streamed); 3 is skipped.
 3. `upstream`: the deployment's provider answers, whole or as an event stream; for a
    group, the router's runner does (deployments picked by strategy, retries and fallbacks
@@ -15,7 +17,8 @@ Every call, whole or streamed, runs:
 4. relay (streams): each event goes to the client as it arrives (`PipelineStream`); a
    stream that finished whole is stored in the cache when it ends.
 5. record: the recorder gets every call exactly once, whatever happened (refused,
-   failed, cancelled or answered), after the response is on its way.
+   failed, cancelled or answered), after the response is on its way; the limits stage's
+   reservation is settled with what the call really used.
 
 With tracing on, the call has a span (`call.span`) and each named step above is a child span.
 """
@@ -39,7 +42,9 @@ from .calls import (
 from .config import Config
 from .credentials import SecretMask, configured_secrets
 from .errors import GatewayError
+from .limits.stage import Limiter
 from .observe.tracing import Tracer, build_tracer
+from .pricing import PriceTable
 from .providers import Provider, build_provider
 from .routing import Router
 
@@ -83,7 +88,9 @@ class PipelineStream:
         # Set when the finished stream should be stored in the cache.
         self._ticket = cache_ticket if cache_ticket is not None and cache_ticket.store else None
         self._recorded = False
-        self.headers = inner.headers
+        self.headers = (
+            inner.headers if call.rate_headers is None else [*inner.headers, *call.rate_headers]
+        )
         self.request_id = call.request_id
 
     async def __aiter__(self) -> AsyncGenerator[bytes, None]:
@@ -164,9 +171,20 @@ class Pipeline:
         self.config = config
         self.providers = {name: build_provider(name, p) for name, p in config.providers.items()}
         self.router = Router(config, self.providers)
+        self.recorder: Recorder = recorder or NullRecorder()
+        self.prices = PriceTable.from_config(config)
+        self.limiter: Limiter | None = None
+        if Limiter.wanted(config):
+            self.limiter = Limiter(
+                config,
+                self.prices,
+                keys=getattr(auth, "table", None),
+                metrics=getattr(self.recorder, "prometheus", None),
+            )
         # Admission stages, in order (see the module docstring).
         self.admission: list[Stage] = [self.router] if auth is None else [auth, self.router]
-        self.recorder: Recorder = recorder or NullRecorder()
+        if self.limiter is not None:
+            self.admission.append(self.limiter)
         # Provider keys an upstream echoes in its error never reach the client or the log.
         self._secrets = SecretMask(configured_secrets(config))
         self.cache: ResponseCache | None = build_cache(config.cache)
@@ -178,6 +196,8 @@ class Pipeline:
         for provider in self.providers.values():
             await provider.start()
         await self.router.start()
+        if self.limiter is not None:
+            await self.limiter.start()
         if self.cache is not None:
             await self.cache.start()
         self.tracer = build_tracer(self.config)
@@ -186,6 +206,8 @@ class Pipeline:
     async def close(self) -> None:
         self.ready = False
         await self.router.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         if self.cache is not None:
             await self.cache.close()
         for provider in self.providers.values():
@@ -243,6 +265,8 @@ class Pipeline:
                 ticket, hit = await cache.lookup_reply(call)
                 if hit is not None:
                     self.ended(call, Outcome(hit.status, usage=hit.usage, response_body=hit.body))
+                    if call.rate_headers is not None:
+                        hit.headers = [*hit.headers, *call.rate_headers]
                     return hit
             if span is not None:
                 span.upstream(deployment)
@@ -265,6 +289,8 @@ class Pipeline:
             self.ended(call, self._failed(call, exc))
             raise
         self.ended(call, Outcome(reply.status, usage=reply.usage, response_body=reply.body))
+        if call.rate_headers is not None:
+            reply.headers = [*reply.headers, *call.rate_headers]
         return reply
 
     async def stream(self, call: Call) -> PipelineStream:
@@ -305,6 +331,8 @@ class Pipeline:
 
     def ended(self, call: Call, outcome: Outcome) -> None:
         """Step 5 of every call: its log record and metrics, and its span's end."""
+        if call.limits is not None:
+            self.limiter.settle(call, outcome)  # type: ignore[union-attr]
         self.recorder.finished(call, outcome)
         span = call.span
         if span is not None:

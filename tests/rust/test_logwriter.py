@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from llm_proxy import _core
 from llm_proxy.calls import Call, Deployment, Outcome
 from llm_proxy.logstore import open_store
-from llm_proxy.logstore.prices import PriceTable
+from llm_proxy.pricing import PriceTable
 from llm_proxy.logstore.record import (
     LogRecord,
     RecordBuilder,

@@ -49,6 +49,7 @@ _CODES: dict[int, Code] = {
 # Upstream headers worth keeping in the trailers: when to retry and the rate-limit state.
 _KEPT_PREFIXES = (
     "retry-after",
+    "x-should-retry",
     "x-ratelimit-",
     "anthropic-ratelimit-",
     "x-upstream-request-id",

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
 
-from .. import _core, calls
+from .. import calls
 from ..calls import Call, Outcome
+from ..pricing import PriceTable
+from ..tokens import count_prompt as _count_prompt
+from ..tokens import count_text as _count_text
 from ..wire.openai import NULL, AnswerContent, answer_decoder
-from .prices import PriceTable
 
 ContentPolicy = Literal["full", "redacted", "none"]
 
@@ -107,52 +108,6 @@ def _completion_of(answer: AnswerContent | None) -> tuple[str, str | None]:
     if tools:
         tool_calls = tools[0].decode() if len(tools) == 1 else "[" + b",".join(tools).decode() + "]"
     return "\n".join(texts), tool_calls
-
-
-# -- counting -----------------------------------------------------------------------------
-
-
-def _encoding(model: str) -> str:
-    try:
-        return str(_core.encoding_for_model(model))
-    except Exception:
-        return "cl100k_base"
-
-
-def load_encodings(models: Iterable[str]) -> None:
-    """Load the tokenizers that counting `models`' tokens needs, now rather than at the first
-    call that counts (a load stalls the event loop, and every call in flight with it).
-    """
-    for encoding in {_encoding(model) for model in models}:
-        _core.count_tokens("warm", encoding)
-
-
-def _count_text(text: str, model: str) -> int:
-    if not text:
-        return 0
-    return int(_core.count_tokens(text, _encoding(model)))
-
-
-def _count_prompt(call: Call, model: str) -> int:
-    if call.endpoint == "chat":
-        return int(_core.count_chat_tokens(call.prompt_json, model))
-    try:
-        value = _any.decode(call.prompt_json)
-    except msgspec.DecodeError:
-        return 0
-    if isinstance(value, str):
-        return _count_text(value, model)
-    if isinstance(value, list):
-        if all(isinstance(v, int) for v in value):
-            return len(value)
-        total = 0
-        for item in value:
-            if isinstance(item, str):
-                total += _count_text(item, model)
-            elif isinstance(item, list):
-                total += len(item)
-        return total
-    return 0
 
 
 class RecordBuilder:

@@ -203,6 +203,24 @@ class GatewayMetrics:
         )
         if fed_on_loop:
             r.register(LoopCollector(fed_on_loop))
+        self.limit_refusals = Counter(
+            "llm_proxy_limit_refusals",
+            "Calls refused by a rate limit or budget, by scope kind and what ran out.",
+            ["scope", "metric"],
+            registry=r,
+        )
+        self.limits_backend_errors = Counter(
+            "llm_proxy_limits_backend_errors",
+            "Reservations the limits backend could not answer (then on_backend_error applied).",
+            ["backend", "action"],
+            registry=r,
+        )
+        self.budget_alerts = Counter(
+            "llm_proxy_budget_alerts",
+            "Budget thresholds crossed (one per threshold, period and scope across instances).",
+            ["scope", "threshold"],
+            registry=r,
+        )
         self.log_written = Counter(
             "llm_proxy_log_records_written", "Log records written to the store.", registry=r
         )

@@ -13,8 +13,9 @@ from ..calls import Call, Outcome
 from ..config import Config
 from ..credentials import client_key, configured_secrets
 from ..logstore import LogStore, open_store, open_writer, prepare_schema
-from ..logstore.prices import PriceTable
-from ..logstore.record import Handover, RecordBuilder, load_encodings
+from ..logstore.record import Handover, RecordBuilder
+from ..pricing import PriceTable
+from ..tokens import load_encodings
 from .metrics import GatewayMetrics
 
 log = logging.getLogger("llm_proxy.observe")
@@ -33,7 +34,7 @@ class CallRecorder:
         self.config = config
         self.prometheus = GatewayMetrics()
         self.content = settings.content if settings.enabled else "none"
-        self.builder = RecordBuilder(PriceTable(settings.prices), self.content)
+        self.builder = RecordBuilder(PriceTable.from_config(config), self.content)
         self.logging = settings.enabled
         # Finished calls not yet recorded: built on the loop right after the response is sent.
         self._finished: list[tuple[Call, Outcome, float, float, str | None]] = []

@@ -36,6 +36,11 @@ def _models() -> dict[str, ModelFacts]:
     return msgspec.json.decode(raw, type=_Table).models
 
 
+def all_models() -> dict[str, ModelFacts]:
+    """The whole table, by upstream model name."""
+    return _models()
+
+
 def model_facts(model: str) -> ModelFacts | None:
     """The table's entry for an upstream model name (`gpt-4`, `groq/llama-3.1-8b-instant`);
     a `provider/` prefix the table does not use is tried without it."""

@@ -24,6 +24,8 @@ class ChatHead(msgspec.Struct):
     messages: msgspec.Raw
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
 
 
 class CompletionHead(msgspec.Struct):
@@ -31,6 +33,7 @@ class CompletionHead(msgspec.Struct):
     prompt: msgspec.Raw
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
 
 
 class EmbeddingHead(msgspec.Struct):

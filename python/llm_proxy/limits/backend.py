@@ -1,0 +1,203 @@
+"""The two backends of one algorithm (lua.py says it in full): `memory` for one process and
+`redis` for every instance sharing one Redis."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from .plan import PARALLEL, WINDOW
+
+# One item of one call: kind, key, limit, cost (or, to settle, the change), a, b; and for a
+# window, the slot its reservation went into.
+Args = tuple[str, str, int, int, int, int]
+SettleArgs = tuple[str, str, int, int, int, int]
+
+
+@dataclass(slots=True)
+class Verdict:
+    """A reservation's answer: taken (each item's amount after it), or refused by one item."""
+
+    ok: bool
+    now_ms: int
+    used: list[int]
+    refused: int = -1
+    # When the refused item would take the call; -1 when it never can (larger than the limit).
+    wait_ms: int = 0
+
+
+class BackendError(Exception):
+    """The backend could not answer (unreachable, timed out); the message says which."""
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class _Window:
+    __slots__ = ("h", "slots", "total")
+
+    def __init__(self, h: int) -> None:
+        self.slots: dict[int, int] = {}
+        self.total = 0
+        self.h = h
+
+    def trim(self, upto: int, b: int) -> None:
+        if upto <= self.h:
+            return
+        if self.total <= 0 or upto - self.h > b:
+            self.slots.clear()
+            self.total = 0
+        else:
+            slots = self.slots
+            for s in range(self.h + 1, upto + 1):
+                v = slots.pop(s, None)
+                if v is not None:
+                    self.total -= v
+        self.h = upto
+
+    def wait(self, need: int, slot: int, a: int, b: int, now: int) -> int:
+        freed = 0
+        for s in range(self.h + 1, slot + 1):
+            v = self.slots.get(s)
+            if v:
+                freed += v
+                if freed >= need:
+                    return (s + b + 1) * a - now
+        return (slot + b + 1) * a - now
+
+
+class MemoryBackend:
+    """One process's counters: the same windows, leases and counters as Redis keeps."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._windows: dict[str, _Window] = {}
+        self._leases: dict[str, dict[str, int]] = {}
+        self._counters: dict[str, list[int]] = {}
+        self._calls = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def reserve(self, lease: str, items: list[Args]) -> Verdict:
+        now = int(time.time() * 1000)
+        self._calls += 1
+        if not self._calls & 0x3FFF:
+            self._sweep(now)
+        used: list[int] = []
+        refused, refused_wait = -1, -2
+        windows = self._windows
+        for i, (kind, key, limit, cost, a, b) in enumerate(items):
+            wait: int | None = None
+            if kind == WINDOW:
+                slot = now // a
+                window = windows.get(key)
+                if window is None:
+                    u = 0
+                else:
+                    window.trim(slot - b - 1, b)
+                    u = window.total
+                if u + cost > limit:
+                    wait = -1
+                    if cost <= limit:
+                        assert window is not None
+                        wait = window.wait(u + cost - limit, slot, a, b, now)
+            elif kind == PARALLEL:
+                leases = self._leases.get(key)
+                if leases:
+                    for name in [n for n, until in leases.items() if until <= now]:
+                        del leases[name]
+                u = len(leases) if leases else 0
+                if u + cost > limit:
+                    wait = 1000 if cost <= limit else -1
+            else:
+                counter = self._counters.get(key)
+                u = counter[0] if counter is not None else 0
+                if u + cost > limit:
+                    wait = -1
+            if wait is not None and (
+                refused < 0 or wait == -1 or (refused_wait != -1 and wait > refused_wait)
+            ):
+                refused, refused_wait = i, wait
+            used.append(u)
+        if refused >= 0:
+            return Verdict(False, now, [used[refused]], refused, refused_wait)
+        for i, (kind, key, _limit, cost, a, b) in enumerate(items):
+            if kind == WINDOW:
+                slot = now // a
+                window = windows.get(key)
+                if window is None:
+                    window = windows[key] = _Window(slot - b - 1)
+                if cost:
+                    window.slots[slot] = window.slots.get(slot, 0) + cost
+                    window.total += cost
+            elif kind == PARALLEL:
+                self._leases.setdefault(key, {})[lease] = now + a
+            else:
+                counter = self._counters.get(key)
+                if counter is None:
+                    self._counters[key] = [cost, a]
+                else:
+                    counter[0] += cost
+            used[i] += cost
+        return Verdict(True, now, used)
+
+    def settle(self, lease: str, items: list[SettleArgs]) -> list[int]:
+        now = int(time.time() * 1000)
+        out = []
+        for kind, key, delta, a, b, slot in items:
+            u = 0
+            if kind == WINDOW:
+                window = self._windows.get(key)
+                if window is not None:
+                    v = window.slots.get(slot)
+                    if delta and v is not None and slot > window.h and slot > now // a - b - 1:
+                        delta = max(delta, -v)
+                        window.slots[slot] = v + delta
+                        window.total += delta
+                    u = window.total
+            elif kind == PARALLEL:
+                leases = self._leases.get(key)
+                if leases is not None:
+                    leases.pop(lease, None)
+            else:
+                counter = self._counters.get(key)
+                if counter is not None:
+                    counter[0] = max(0, counter[0] + delta)
+                    u = counter[0]
+            out.append(u)
+        return out
+
+    def usage(self, items: list[Args]) -> tuple[int, list[int]]:
+        now = int(time.time() * 1000)
+        out = []
+        for kind, key, _limit, _cost, a, b in items:
+            if kind == WINDOW:
+                window = self._windows.get(key)
+                upto = now // a - b - 1
+                out.append(sum(v for s, v in window.slots.items() if s > upto) if window else 0)
+            elif kind == PARALLEL:
+                leases = self._leases.get(key) or {}
+                out.append(sum(1 for until in leases.values() if until > now))
+            else:
+                counter = self._counters.get(key)
+                out.append(counter[0] if counter is not None else 0)
+        return now, out
+
+    def _sweep(self, now: int) -> None:
+        """Forget counters of periods that ended and windows left idle."""
+        for key in [k for k, (_, until) in self._counters.items() if until <= now]:
+            del self._counters[key]
+        for key in [k for k, w in self._windows.items() if w.total <= 0]:
+            del self._windows[key]
+        for key in [k for k, leases in self._leases.items() if not leases]:
+            del self._leases[key]

@@ -1,0 +1,489 @@
+"""The `limits` admission stage: reserves a call's requests, tokens, slot in flight and
+maximum cost in every scope it meets, all or nothing, and settles them when the call ends.
+
+Scopes: the key, the key x model, its team (x model), its project (x model), the model, and
+the gateway (global, x model). Tokens reserved: the exact input tokens (the Rust tokenizer)
+plus `max_tokens` (or `limits.default_max_tokens`); the cost reserved is their price. The
+settle replaces both with what the call really used (streams cut short included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ..calls import Call, Outcome, new_request_id
+from ..config import Config
+from ..errors import GatewayError
+from ..pricing import Price, PriceTable, price_of
+from ..tokens import count_prompt
+from .alerts import Alerts
+from .backend import Args, BackendError, MemoryBackend, SettleArgs, Verdict
+from .plan import (
+    COUNTER,
+    WINDOW,
+    Item,
+    Periods,
+    Plan,
+    budget_items,
+    micro,
+    rate_items,
+    scope_items,
+)
+from .redis import RedisBackend
+
+if TYPE_CHECKING:
+    from ..keys.table import KeyEntry, KeyTable
+    from ..observe.metrics import GatewayMetrics
+
+log = logging.getLogger("llm_proxy.limits")
+
+_DAY_MS = 86_400_000
+_NAMES = {"requests": ("requests", "RPM"), "tokens": ("tokens", "TPM")}
+_MAX_PLANS = 8192
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What a call reserved, for its settle."""
+
+    plan: Plan
+    args: list[Args]
+    lease: str
+    now_ms: int
+    input_tokens: int
+    output_tokens: int
+    price: Price | None
+    cost_micro: int
+
+
+def duration(ms: int) -> str:
+    """OpenAI's spelling of a reset time: `20ms`, `1.5s`, `6m0s`."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    seconds = round(ms / 1000, 1 if ms >= 10_000 else 2)
+    if seconds < 60:
+        return f"{seconds:g}s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m{rest}s"
+
+
+def _scope_text(scope: str) -> str:
+    parts = scope.split(":")
+    kind = parts[0]
+    if kind == "global":
+        head = "the gateway"
+    elif kind == "model":
+        head = f"model `{':'.join(parts[1:])}`"
+        return head
+    else:
+        head = f"{kind} `{parts[1]}`"
+    if len(parts) > 2 and parts[-2 if kind != "global" else 1] == "model":
+        model = scope.split(":model:", 1)[1]
+        head += f" for model `{model}`"
+    return head
+
+
+class Limiter:
+    """Admission stage (`limits`) and the settle of every call it admitted."""
+
+    name = "limits"
+
+    def __init__(
+        self,
+        config: Config,
+        prices: PriceTable,
+        keys: KeyTable | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        settings = config.limits
+        self.settings = settings
+        self.config = config
+        self.prices = prices
+        self.keys = keys
+        self.metrics = metrics
+        self.prefix = settings.key_prefix
+        self.backend: MemoryBackend | RedisBackend = (
+            RedisBackend(settings.redis_url, settings.timeout_s, settings.retry_after_s)
+            if settings.backend == "redis"
+            else MemoryBackend()
+        )
+        self._sync = isinstance(self.backend, MemoryBackend)
+        self._lease_ms = int(settings.lease_s * 1000)
+        self._periods = Periods(settings.timezone)
+        self._plans: dict[tuple[str | None, str], Plan] = {}
+        self._reject_unpriced = config.pricing.unknown_model == "reject"
+        self._last_error_log = -math.inf
+        self.alerts = Alerts(settings.alerts, self.prefix, self.backend, metrics)
+        self.backend_errors = 0
+
+    @staticmethod
+    def wanted(config: Config) -> bool:
+        """Whether any limit or budget can apply: configured ones, or keys that may carry some."""
+        s = config.limits
+        return (
+            config.auth.mode == "keys"
+            or s.global_ is not None
+            or bool(s.budgets)
+            or any(m.limits is not None and not m.limits.empty for m in config.models.values())
+        )
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def close(self) -> None:
+        await self.alerts.close()
+        await self.backend.close()
+
+    # -- the plan of a (key, model) pair -------------------------------------------------------
+
+    def _entry(self, call: Call) -> KeyEntry | None:
+        if call.key_id is None or self.keys is None:
+            return None
+        return self.keys.entries.get(call.key_id)
+
+    def plan(self, key_id: str | None, entry: KeyEntry | None, model: str) -> Plan:
+        plans = self._plans
+        cached = plans.get((key_id, model))
+        if cached is not None and cached.owner is entry:
+            return cached
+        p, lease = self.prefix, self._lease_ms
+        items: list[Item] = []
+        if entry is not None:
+            items += scope_items(p, f"key:{entry.id}", entry.limits, model, lease)
+            if entry.team:
+                items += scope_items(p, f"team:{entry.team}", entry.team_limits, model, lease)
+            if entry.project:
+                items += scope_items(
+                    p, f"project:{entry.project}", entry.project_limits, model, lease
+                )
+        model_config = self.config.models.get(model)
+        if model_config is not None and model_config.limits is not None:
+            items += rate_items(p, f"model:{model}", model_config.limits, lease)
+        items += scope_items(p, "global", self.settings.global_, model, lease)
+        if entry is not None:
+            items += budget_items(p, f"key:{entry.id}", entry.budgets)
+            if entry.team:
+                items += budget_items(p, f"team:{entry.team}", entry.team_budgets)
+            if entry.project:
+                items += budget_items(p, f"project:{entry.project}", entry.project_budgets)
+        items += budget_items(p, "global", self.settings.budgets)
+        plan = Plan(
+            items,
+            tokens=any(i.metric == "tokens" for i in items),
+            budgets=any(i.metric == "budget" for i in items),
+            owner=entry,
+        )
+        if len(plans) >= _MAX_PLANS:
+            plans.clear()
+        plans[(key_id, model)] = plan
+        return plan
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def __call__(self, call: Call) -> Awaitable[None] | None:
+        plan = self.plan(call.key_id, self._entry(call), call.model)
+        if not plan.items:
+            return None
+        input_tokens = output_tokens = cost = 0
+        price = None
+        if plan.tokens or plan.budgets:
+            input_tokens, output_tokens = self._tokens(call)
+        if plan.budgets:
+            price, cost = self._cost(call, input_tokens, output_tokens)
+        args = self._args(plan, input_tokens + output_tokens, cost)
+        ticket = Ticket(plan, args, new_request_id(), 0, input_tokens, output_tokens, price, cost)
+        if self._sync:
+            assert isinstance(self.backend, MemoryBackend)
+            self._admitted(call, ticket, self.backend.reserve(ticket.lease, args))
+            return None
+        return self._reserve(call, ticket)
+
+    async def _reserve(self, call: Call, ticket: Ticket) -> None:
+        assert isinstance(self.backend, RedisBackend)
+        try:
+            verdict = await self.backend.reserve(ticket.lease, ticket.args)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return
+        self._admitted(call, ticket, verdict)
+
+    def _backend_failed(self, exc: BackendError) -> None:
+        action = self.settings.on_backend_error
+        self.backend_errors += 1
+        if self.metrics is not None:
+            self.metrics.limits_backend_errors.labels(self.backend.name, action).inc()
+        now = time.monotonic()
+        if now - self._last_error_log >= self.settings.log_interval_s:
+            self._last_error_log = now
+            log.warning(
+                "limits: %s; calls are %s while it fails (limits.on_backend_error)",
+                exc,
+                "let through" if action == "allow" else "refused",
+            )
+        if action == "deny":
+            raise GatewayError(
+                503,
+                "The gateway cannot check rate limits right now; try again shortly.",
+                code="limits_unavailable",
+                headers=[("retry-after", str(max(1, math.ceil(self.settings.retry_after_s))))],
+            )
+
+    def _tokens(self, call: Call) -> tuple[int, int]:
+        deployment = call.deployment
+        model = deployment.model if deployment is not None else call.model
+        try:
+            input_tokens = count_prompt(call, model)
+        except ValueError:
+            input_tokens = 0
+        if call.endpoint == "embeddings":
+            return input_tokens, 0
+        cap = call.max_tokens
+        return input_tokens, cap if cap is not None else self.settings.default_max_tokens
+
+    def _cost(self, call: Call, input_tokens: int, output_tokens: int) -> tuple[Price | None, int]:
+        deployment = call.deployment
+        price = self.prices.lookup((deployment.model if deployment else None, call.model))
+        if price is None:
+            if self._reject_unpriced:
+                raise GatewayError(
+                    403,
+                    f"The model `{call.model}` has no price, and a budget applies to this call; "
+                    f"add it under `pricing.models` in the gateway's config.",
+                    param="model",
+                    code="model_price_unknown",
+                )
+            return None, 0
+        return price, micro(price_of(price, input_tokens, output_tokens))
+
+    def _args(self, plan: Plan, tokens: int, cost: int) -> list[Args]:
+        args: list[Args] = []
+        for item in plan.items:
+            metric = item.metric
+            amount = tokens if metric == "tokens" else cost if metric == "budget" else 1
+            if item.kind == COUNTER:
+                assert item.budget is not None
+                start, end = self._periods.current(item.budget.period)
+                args.append(
+                    (COUNTER, f"{item.key}:{start}", item.limit, amount, end + _DAY_MS, end)
+                )
+            else:
+                args.append((item.kind, item.key, item.limit, amount, item.a, item.b))
+        return args
+
+    def _admitted(self, call: Call, ticket: Ticket, verdict: Verdict) -> None:
+        if not verdict.ok:
+            raise self._refusal(call, ticket, verdict)
+        ticket.now_ms = verdict.now_ms
+        call.limits = ticket
+        headers = _rate_headers(ticket, verdict)
+        if headers:
+            call.rate_headers = headers
+
+    def _refusal(self, call: Call, ticket: Ticket, verdict: Verdict) -> GatewayError:
+        item = ticket.plan.items[verdict.refused]
+        kind, _key, limit, cost, _a, b = ticket.args[verdict.refused]
+        used = verdict.used[0]
+        if self.metrics is not None:
+            self.metrics.limit_refusals.labels(item.scope.split(":", 1)[0], item.metric).inc()
+        where = _scope_text(item.scope)
+        if call.key_id is not None and not item.scope.startswith(f"key:{call.key_id}"):
+            where += f" (key `{call.key_id}`)"
+        if item.metric == "budget":
+            assert item.budget is not None
+            budget = item.budget
+            if kind == COUNTER:
+                until = datetime.fromtimestamp(b / 1000, UTC).isoformat().replace("+00:00", "Z")
+                period = f"this {budget.period} period (until {until})"
+            else:
+                period = f"in the last {budget.window}"
+            return GatewayError(
+                429,
+                f"Budget exceeded on {where}: ${used / 1e6:.6f} of ${budget.usd:.2f} spent "
+                f"{period}; this call may cost up to ${cost / 1e6:.6f}.",
+                type="insufficient_quota",
+                code="insufficient_quota",
+                headers=[("x-should-retry", "false")],
+            )
+        if item.metric == "parallel":
+            return GatewayError(
+                429,
+                f"Too many calls in flight on {where}: Limit {limit}. "
+                f"Please try again when one of them has finished.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers=[("retry-after", "1"), ("retry-after-ms", "1000")],
+            )
+        noun, abbr = _NAMES[item.metric]
+        metric = item.metric
+        limit_headers = [
+            (f"x-ratelimit-limit-{metric}", str(limit)),
+            (f"x-ratelimit-remaining-{metric}", str(max(0, limit - used))),
+        ]
+        if verdict.wait_ms < 0:
+            return GatewayError(
+                429,
+                f"Request too large for {noun} per min ({abbr}) on {where}: Limit {limit}, "
+                f"Requested {cost}. Lower max_tokens or the input, or ask for a higher limit.",
+                type=metric,
+                code="rate_limit_exceeded",
+                headers=[*limit_headers, ("x-should-retry", "false")],
+            )
+        wait_ms = verdict.wait_ms
+        return GatewayError(
+            429,
+            f"Rate limit reached for {noun} per min ({abbr}) on {where}: Limit {limit}, "
+            f"Used {used}, Requested {cost}. Please try again in {duration(wait_ms)}.",
+            type=metric,
+            code="rate_limit_exceeded",
+            headers=[
+                ("retry-after", str(max(1, math.ceil(wait_ms / 1000)))),
+                ("retry-after-ms", str(max(1, wait_ms))),
+                *limit_headers,
+                (f"x-ratelimit-reset-{metric}", duration(wait_ms)),
+            ],
+        )
+
+    # -- the settle ----------------------------------------------------------------------------
+
+    def settle(self, call: Call, outcome: Outcome) -> None:
+        """Replace the call's reservation with what it used, and free its slot in flight."""
+        ticket = call.limits
+        if ticket is None:
+            return
+        call.limits = None
+        refund = call.cache_status == "hit" and not self.settings.count_cache_hits
+        tokens, cost = self._used(call, outcome, ticket) if not refund else (0, 0)
+        items: list[SettleArgs] = []
+        for (kind, key, _limit, reserved, a, b), item in zip(
+            ticket.args, ticket.plan.items, strict=True
+        ):
+            metric = item.metric
+            if metric == "tokens":
+                delta = tokens - reserved
+            elif metric == "budget":
+                delta = cost - reserved
+            elif metric == "requests":
+                delta = -1 if refund else 0
+            else:
+                delta = 0
+            slot = ticket.now_ms // a if kind == WINDOW else 0
+            items.append((kind, key, delta, a, b, slot))
+        if self._sync:
+            assert isinstance(self.backend, MemoryBackend)
+            after = self.backend.settle(ticket.lease, items)
+            if ticket.plan.budgets:
+                self.alerts.check(ticket, after)
+            return
+        assert isinstance(self.backend, RedisBackend)
+        future = self.backend.settle(ticket.lease, items)
+        if ticket.plan.budgets:
+            future.add_done_callback(lambda f: self._settled(ticket, f))
+        else:
+            future.add_done_callback(_quiet)
+
+    def _settled(self, ticket: Ticket, future: asyncio.Future[list[int]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        self.alerts.check(ticket, future.result())
+
+    def _used(self, call: Call, outcome: Outcome, ticket: Ticket) -> tuple[int, int]:
+        """Tokens and micro-dollars the call really used; the reservation when not known."""
+        prompt = completion = cached = 0
+        usage = outcome.usage
+        summary = outcome.summary
+        if usage is not None:
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
+            details = usage.prompt_tokens_details
+            cached = details.cached_tokens if details is not None else 0
+        elif summary is not None:
+            prompt = summary.prompt_tokens if not summary.usage_counted else 0
+            prompt = prompt or ticket.input_tokens
+            completion = summary.completion_tokens
+        elif outcome.status >= 400 and outcome.status not in (499, 503):
+            return 0, 0  # refused or failed before the upstream answered: nothing was used
+        else:
+            return (
+                ticket.input_tokens + ticket.output_tokens,
+                ticket.cost_micro,
+            )  # a whole call cancelled midway: the upstream may have used it all
+        cost = micro(price_of(ticket.price, prompt, completion, cached)) if ticket.price else 0
+        return prompt + completion, cost
+
+    # -- what a key stands at ------------------------------------------------------------------
+
+    async def usage(self, key_id: str, entry: KeyEntry) -> dict[str, Any]:
+        """Limits, current usage and spend of every scope a key's calls meet (`/v1/key/info`)."""
+        plan = self.plan(key_id, entry, "")
+        args = self._args(plan, 0, 0)
+        if not args:
+            return {"limits_usage": []}
+        if self._sync:
+            assert isinstance(self.backend, MemoryBackend)
+            _now, used = self.backend.usage(args)
+        else:
+            assert isinstance(self.backend, RedisBackend)
+            try:
+                _now, used = await self.backend.usage(args)
+            except BackendError as exc:
+                return {"limits_usage": None, "limits_error": str(exc)}
+        rows = []
+        for item, arg, amount in zip(plan.items, args, used, strict=True):
+            row: dict[str, Any] = {"scope": item.scope, "metric": item.metric}
+            if item.metric == "budget":
+                assert item.budget is not None
+                row.update(
+                    budget_usd=item.budget.usd,
+                    period=item.budget.period,
+                    spent_usd=amount / 1e6,
+                    remaining_usd=max(0.0, item.limit - amount) / 1e6,
+                )
+                if arg[0] == COUNTER:
+                    row["period_end"] = (
+                        datetime.fromtimestamp(arg[5] / 1000, UTC)
+                        .isoformat()
+                        .replace("+00:00", "Z")
+                    )
+            else:
+                row.update(limit=item.limit, used=amount, remaining=max(0, item.limit - amount))
+            rows.append(row)
+        return {"limits_usage": rows}
+
+
+def _quiet(future: asyncio.Future[list[int]]) -> None:
+    if not future.cancelled():
+        future.exception()  # a failed settle lapses with its window; nothing to tell the call
+
+
+def _rate_headers(ticket: Ticket, verdict: Verdict) -> list[tuple[str, str]] | None:
+    """OpenAI's x-ratelimit-* headers for the tightest requests and tokens scopes."""
+    best: dict[str, tuple[int, int, int]] = {}
+    now = verdict.now_ms
+    for item, arg, used in zip(ticket.plan.items, ticket.args, verdict.used, strict=True):
+        metric = item.metric
+        if metric != "requests" and metric != "tokens":
+            continue
+        remaining = item.limit - used
+        current = best.get(metric)
+        if current is None or remaining < current[0]:
+            a, b = arg[4], arg[5]
+            best[metric] = (remaining, item.limit, (now // a + b + 1) * a - now)
+    if not best:
+        return None
+    headers = []
+    for metric, (remaining, limit, reset_ms) in best.items():
+        headers += [
+            (f"x-ratelimit-limit-{metric}", str(limit)),
+            (f"x-ratelimit-remaining-{metric}", str(max(0, remaining))),
+            (f"x-ratelimit-reset-{metric}", duration(reset_ms)),
+        ]
+    return headers
