@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import time
@@ -290,8 +291,6 @@ def decode_call(
         headers,
     )
     cap = getattr(head, "max_completion_tokens", None) or getattr(head, "max_tokens", None)
-    if cap is not None:
-        if cap < 0:
-            raise bad_request("`max_tokens` must not be negative", param="max_tokens")
-        call.max_tokens = cap
+    if cap is not None and 0 <= cap < 1e9:
+        call.max_tokens = math.ceil(cap)
     return call

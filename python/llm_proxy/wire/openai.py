@@ -24,8 +24,9 @@ class ChatHead(msgspec.Struct):
     messages: msgspec.Raw
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    # Read for the limits stage's reservation; any number passes (the upstream judges it).
+    max_tokens: float | None = None
+    max_completion_tokens: float | None = None
 
 
 class CompletionHead(msgspec.Struct):
@@ -33,7 +34,7 @@ class CompletionHead(msgspec.Struct):
     prompt: msgspec.Raw
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
+    max_tokens: float | None = None
 
 
 class EmbeddingHead(msgspec.Struct):
