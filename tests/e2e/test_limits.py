@@ -232,7 +232,9 @@ def test_embeddings_reserve_their_input_tokens_only(
 
 
 def _cost_usd(usage: dict[str, int]) -> float:
-    return (usage["prompt_tokens"] * PRICE["input"] + usage["completion_tokens"] * PRICE["output"]) / 1e6
+    return (
+        usage["prompt_tokens"] * PRICE["input"] + usage["completion_tokens"] * PRICE["output"]
+    ) / 1e6
 
 
 def test_a_budget_is_spent_by_a_known_number_of_calls_at_known_prices(
@@ -372,7 +374,9 @@ def test_redis_stopped_mid_run_never_hangs_a_request(
         assert time.monotonic() - started < 5  # ten calls, none waiting out anything long
         assert set(statuses) == ({200} if action == "allow" else {503})
         metrics = httpx.get(gw.url + "/metrics", timeout=5).text
-        assert f'llm_proxy_limits_backend_errors_total{{action="{action}",backend="redis"}}' in metrics
+        assert (
+            f'llm_proxy_limits_backend_errors_total{{action="{action}",backend="redis"}}' in metrics
+        )
         redis.start()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -103,18 +104,16 @@ def micro(usd: float) -> int:
 class Periods:
     """The current daily, weekly and monthly periods in one time zone: (start, end) in ms."""
 
-    def __init__(self, timezone: str) -> None:
+    def __init__(self, timezone: str, clock: Callable[[], float] = time.time) -> None:
         self.zone = zoneinfo.ZoneInfo(timezone)
+        self.clock = clock
         self._current: dict[str, tuple[int, int]] = {}
 
-    def current(self, period: str, now: float | None = None) -> tuple[int, int]:
-        now_ms = int((time.time() if now is None else now) * 1000)
+    def current(self, period: str) -> tuple[int, int]:
+        now_ms = int(self.clock() * 1000)
         span = self._current.get(period)
-        if span is not None and span[0] <= now_ms < span[1] and now is None:
-            return span
-        span = self.compute(period, now_ms / 1000)
-        if now is None:
-            self._current[period] = span
+        if span is None or not span[0] <= now_ms < span[1]:
+            span = self._current[period] = self.compute(period, now_ms / 1000)
         return span
 
     def compute(self, period: str, now: float) -> tuple[int, int]:

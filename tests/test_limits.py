@@ -1,0 +1,136 @@
+"""The limits engine in process: both backends give the same answers (Redis for real), a new
+budget period starts clean, and the window forgets a minute-old slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llm_proxy.calls import Call, Deployment, Outcome, decode_call
+from llm_proxy.config import parse_config
+from llm_proxy.errors import GatewayError
+from llm_proxy.limits.backend import MemoryBackend
+from llm_proxy.limits.plan import WINDOW
+from llm_proxy.limits.stage import Limiter
+from llm_proxy.pricing import PriceTable
+from llm_proxy.wire.openai import Usage
+
+from tests.support.redis import delete_prefix, key_prefix, redis_url
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from redis_url(tmp_path_factory.mktemp("limits-unit-redis"))
+
+
+@pytest.fixture
+def prefix(redis_server: str) -> Iterator[str]:
+    name = key_prefix()
+    yield name
+    delete_prefix(redis_server, name)
+
+
+def _limiter(backend: str, url: str, prefix: str, **limits: Any) -> Limiter:
+    config = parse_config(
+        {
+            "providers": {"m": {"kind": "mock"}},
+            "models": {"priced": {"provider": "m", "model": "priced-model"}},
+            "pricing": {"models": {"priced-model": {"input": 1000.0, "output": 1000.0}}},
+            "limits": {"backend": backend, "redis_url": url, "key_prefix": prefix, **limits},
+        }
+    )
+    return Limiter(config, PriceTable.from_config(config))
+
+
+def _call(max_tokens: int = 10) -> Call:
+    body = (
+        b'{"model":"priced","max_tokens":%d,"messages":[{"role":"user","content":"hi"}]}'
+        % max_tokens
+    )
+    call = decode_call("chat", body, door="http", request_id="r", headers={})
+    call.deployment = Deployment("priced", "m", "priced-model")
+    return call
+
+
+async def _admit(limiter: Limiter, call: Call) -> None:
+    pending = limiter(call)
+    if pending is not None:
+        await pending
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_new_budget_period_starts_clean(backend: str, redis_server: str, prefix: str) -> None:
+    async def scenario() -> None:
+        limiter = _limiter(backend, redis_server, prefix, budgets=[{"usd": 0.1, "period": "daily"}])
+        await limiter.start()
+        try:
+            admitted = 0
+            with pytest.raises(GatewayError) as refused:
+                for _ in range(100):
+                    call = _call()
+                    await _admit(limiter, call)
+                    admitted += 1
+                    limiter.settle(call, Outcome(200, usage=Usage(8, 10, 18)))
+                    await asyncio.sleep(0.01 if backend == "redis" else 0)
+            assert refused.value.code == "insufficient_quota"
+            # 0.1 USD at 18 tokens x $0.001: the fifth call's reservation no longer fits.
+            assert admitted == 5
+            limiter._periods.clock = lambda: time.time() + 86_400
+            await _admit(limiter, _call())  # tomorrow: a new counter
+            limiter._periods.clock = time.time
+            with pytest.raises(GatewayError):
+                await _admit(limiter, _call())  # today's is still spent
+        finally:
+            await limiter.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_window_forgets_a_slot_61_seconds_on() -> None:
+    backend = MemoryBackend()
+    key = "t:rpm"
+    item = (WINDOW, key, 2, 1, 1000, 60)
+    assert backend.reserve("a", [item]).ok
+    assert backend.reserve("b", [item]).ok
+    refused = backend.reserve("c", [item])
+    assert not refused.ok and 59_000 < refused.wait_ms <= 61_000
+    window = backend._windows[key]
+    # Move both calls' slot back in time by 61 s: they have left the window.
+    window.slots = {s - 61: v for s, v in window.slots.items()}
+    window.h -= 61
+    assert backend.reserve("d", [item]).ok
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_all_or_nothing(backend: str, redis_server: str, prefix: str, tmp_path: Path) -> None:
+    """A call refused by one scope takes nothing from the others."""
+
+    async def scenario() -> None:
+        limiter = _limiter(
+            backend,
+            redis_server,
+            prefix,
+            **{"global": {"rpm": 5, "models": {"priced": {"rpm": 1}}}},
+        )
+        await limiter.start()
+        try:
+            await _admit(limiter, _call())
+            for _ in range(3):
+                with pytest.raises(GatewayError) as refused:
+                    await _admit(limiter, _call())
+                assert "model `priced`" in refused.value.message
+            plan = limiter.plan(None, None, "priced")
+            args = limiter._args(plan, 0, 0)
+            if isinstance(limiter.backend, MemoryBackend):
+                _, used = limiter.backend.usage(args)
+            else:
+                _, used = await limiter.backend.usage(args)
+            assert used == [1, 1]  # the global window holds only the admitted call
+        finally:
+            await limiter.close()
+
+    asyncio.run(scenario())
