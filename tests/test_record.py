@@ -7,8 +7,8 @@ import time
 import msgspec
 import pytest
 from llm_proxy.calls import Call, Deployment, Outcome, ResponseHead, SimpleSummary, Usage
-from llm_proxy.pricing import PriceTable
 from llm_proxy.logstore.record import RecordBuilder
+from llm_proxy.pricing import PriceTable
 
 ANSWER = (
     b'{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini","choices":[{"index":0,'

@@ -34,7 +34,6 @@ from hypothesis import strategies as st
 from llm_proxy import _core
 from llm_proxy.calls import Call, Deployment, Outcome
 from llm_proxy.logstore import open_store
-from llm_proxy.pricing import PriceTable
 from llm_proxy.logstore.record import (
     LogRecord,
     RecordBuilder,
@@ -42,6 +41,7 @@ from llm_proxy.logstore.record import (
     _read_answer,
     as_row,
 )
+from llm_proxy.pricing import PriceTable
 
 from tests.support.content_reference import ContentReference, as_stored
 from tests.support.redact_reference import redact
