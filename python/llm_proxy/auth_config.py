@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .config_base import Section as _Section
+from .limits.spec import Budget, Limits
 
 
 class DeclaredKey(_Section):
@@ -23,6 +24,8 @@ class DeclaredKey(_Section):
     blocked: bool = False
     tags: list[str] = []
     metadata: dict[str, Any] = {}
+    limits: Limits | None = None
+    budgets: list[Budget] = []
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-fA-F]{64}", self.secret_sha256):
@@ -35,8 +38,12 @@ class DeclaredKey(_Section):
 
 
 class DeclaredGroup(_Section):
+    """A team or project declared in the YAML."""
+
     allowed_models: list[str] = []
     metadata: dict[str, Any] = {}
+    limits: Limits | None = None
+    budgets: list[Budget] = []
 
 
 class AuthConfig(_Section):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from ..limits.spec import Budget, Limits
+
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
@@ -64,7 +68,27 @@ def _group_paths(kind: str, schema: str) -> dict[str, Any]:
     }
 
 
+def _spec_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fields `limits` and `budgets`, and the schemas they refer to (from limits/spec.py)."""
+    (_, _), components = msgspec.json.schema_components(
+        [Limits, Budget], ref_template="#/components/schemas/{name}"
+    )
+    fields = {
+        "limits": {
+            "anyOf": [_ref("Limits"), {"type": "null"}],
+            "description": "rpm, tpm, max_parallel and per-model limits (docs/limits.md); "
+            "null clears",
+        },
+        "budgets": {
+            "anyOf": [{"type": "array", "items": _ref("Budget")}, {"type": "null"}],
+            "description": "spend budgets in USD per period (docs/limits.md); null clears",
+        },
+    }
+    return fields, components
+
+
 def openapi_document() -> dict[str, Any]:
+    spec_fields, spec_schemas = _spec_schemas()
     key_fields = {
         "alias": {"type": ["string", "null"]},
         "team": {"type": ["string", "null"], "description": "an existing team's name"},
@@ -79,6 +103,7 @@ def openapi_document() -> dict[str, Any]:
         "blocked": {"type": "boolean"},
         "tags": _STRINGS,
         "metadata": {"type": "object"},
+        **spec_fields,
     }
     key = {
         "type": "object",
@@ -96,6 +121,7 @@ def openapi_document() -> dict[str, Any]:
         "name": {"type": "string"},
         "allowed_models": _STRINGS,
         "metadata": {"type": "object"},
+        **spec_fields,
     }
     group = {
         "type": "object",
@@ -172,6 +198,7 @@ def openapi_document() -> dict[str, Any]:
                     "properties": group_fields,
                     "additionalProperties": False,
                 },
+                **spec_schemas,
                 "List": {
                     "type": "object",
                     "properties": {

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 
+from ..auth_config import DeclaredGroup
 from ..config import Config, ConfigError
+from ..limits.spec import Limits
 from .migrations import KeyStoreError
 from .model import KeyRecord, TeamRecord
 from .stage import Authenticate
@@ -86,19 +88,30 @@ def _declared(
             blocked=k.blocked,
             tags=k.tags,
             metadata=k.metadata,
+            limits=_limits(k.limits),
+            budgets=k.budgets,
             source="config",
         )
         for k in config.auth.keys
     ]
-    teams = {
-        name: TeamRecord(name=name, allowed_models=t.allowed_models, metadata=t.metadata)
-        for name, t in config.auth.teams.items()
-    }
-    projects = {
-        name: TeamRecord(name=name, allowed_models=p.allowed_models, metadata=p.metadata)
-        for name, p in config.auth.projects.items()
-    }
+    teams = {name: _group(name, t) for name, t in config.auth.teams.items()}
+    projects = {name: _group(name, p) for name, p in config.auth.projects.items()}
     return keys, teams, projects
+
+
+def _limits(limits: Limits | None) -> Limits | None:
+    # `limits: {}` in the YAML is no limits, as it is through the admin API.
+    return None if limits is None or limits.empty else limits
+
+
+def _group(name: str, group: DeclaredGroup) -> TeamRecord:
+    return TeamRecord(
+        name=name,
+        allowed_models=group.allowed_models,
+        metadata=group.metadata,
+        limits=_limits(group.limits),
+        budgets=group.budgets,
+    )
 
 
 class KeyService:

@@ -9,12 +9,18 @@ import sys
 from typing import Any
 
 from ..config import Config, ConfigError, load_config
+from ..limits.spec import Budget, Limits
 from .fields import InvalidField, group_fields, iso, key_fields
 from .migrations import KeyStoreError
 from .model import sha256_hex, split_key
 from .store import Conflict, GroupKind, KeyStore, NotFound, iter_pages
 
-_EPILOG = "Times are ISO 8601 (2027-01-01T00:00:00Z); lists are comma-separated."
+_EPILOG = (
+    "Times are ISO 8601 (2027-01-01T00:00:00Z); lists are comma-separated; "
+    "--limits and --budgets take JSON (null clears), see docs/limits.md."
+)
+_LIMITS_HELP = 'JSON, e.g. \'{"rpm": 100, "tpm": 50000, "models": {"gpt-4o": {"rpm": 10}}}\''
+_BUDGETS_HELP = 'JSON, e.g. \'[{"usd": 5.0, "period": "monthly", "alert_at": [0.5, 0.9]}]\''
 
 
 def _csv(text: str) -> list[str]:
@@ -30,11 +36,18 @@ def _key_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expires", help="expiry time, or 'never'")
     parser.add_argument("--tags")
     parser.add_argument("--metadata", help="a JSON object")
+    _spec_options(parser)
 
 
 def _group_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", help="allowed models: names and globs")
     parser.add_argument("--metadata", help="a JSON object")
+    _spec_options(parser)
+
+
+def _spec_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limits", help=_LIMITS_HELP)
+    parser.add_argument("--budgets", help=_BUDGETS_HELP)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -132,12 +145,36 @@ def _fields_of(args: argparse.Namespace) -> dict[str, Any]:
         data["expires_at"] = None if args.expires in ("never", "") else args.expires
     if args.tags is not None:
         data["tags"] = _csv(args.tags)
-    if args.metadata is not None:
-        try:
-            data["metadata"] = json.loads(args.metadata)
-        except json.JSONDecodeError as exc:
-            raise InvalidField("metadata", f"is not JSON: {exc}") from None
+    return {**data, **_json_options(args)}
+
+
+def _json_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--metadata, --limits and --budgets, decoded (not yet checked)."""
+    data: dict[str, Any] = {}
+    for name in ("metadata", "limits", "budgets"):
+        text = getattr(args, name)
+        if text is not None:
+            try:
+                data[name] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InvalidField(name, f"is not JSON: {exc}") from None
     return data
+
+
+def _summary(limits: Limits | None, budgets: list[Budget]) -> str:
+    """Limits and budgets in a few words, for the list commands."""
+    parts = []
+    if limits is not None:
+        for name in ("rpm", "tpm", "max_parallel"):
+            value = getattr(limits, name)
+            if value is not None:
+                parts.append(f"{name}={value}")
+        if limits.models:
+            parts.append(f"models={','.join(sorted(limits.models))}")
+    for budget in budgets:
+        period = budget.window if budget.period == "rolling" else budget.period
+        parts.append(f"${budget.usd:g}/{period}")
+    return " ".join(parts) or "-"
 
 
 def _show(data: dict[str, Any]) -> None:
@@ -171,12 +208,14 @@ def keys_command(args: argparse.Namespace) -> int:
                 if args.json:
                     _show({"data": [key_json(r) for r in records]})
                 else:
-                    print(f"{'id':<14} {'alias':<20} {'team':<16} {'state':<8} expires")
+                    print(
+                        f"{'id':<14} {'alias':<20} {'team':<16} {'state':<8} {'expires':<21} limits"
+                    )
                     for r in records:
                         state = "blocked" if r.blocked else "active"
                         print(
                             f"{r.id:<14} {r.alias or '-':<20} {r.team or '-':<16} {state:<8} "
-                            f"{iso(r.expires_at) or 'never'}"
+                            f"{iso(r.expires_at) or 'never':<21} {_summary(r.limits, r.budgets)}"
                         )
             elif command == "show":
                 _show(key_json(store.get_key(args.id)))
@@ -215,7 +254,8 @@ def groups_command(args: argparse.Namespace) -> int:
             if command == "list":
                 for record in store.list_groups(kind, limit=100000):
                     models = ",".join(record.allowed_models) or "(all models)"
-                    print(f"{record.name:<24} {models}")
+                    limits = _summary(record.limits, record.budgets)
+                    print(f"{record.name:<24} {models:<32} {limits}")
                 return 0
             if command == "show":
                 _show(group_json(store.get_group(kind, args.name), kind))
@@ -228,8 +268,7 @@ def groups_command(args: argparse.Namespace) -> int:
             data: dict[str, Any] = {}
             if args.models is not None:
                 data["allowed_models"] = _csv(args.models)
-            if args.metadata is not None:
-                data["metadata"] = json.loads(args.metadata)
+            data.update(_json_options(args))
             if command == "create":
                 record = store.create_group(
                     kind, group_fields({"name": args.name, **data}, creating=True)

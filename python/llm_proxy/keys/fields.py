@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from ..limits.spec import SpecError, parse_budgets, parse_limits
 from .model import ENDPOINTS
 
 _MAX_METADATA = 8192
@@ -22,8 +23,11 @@ KEY_FIELDS = (
     "blocked",
     "tags",
     "metadata",
+    "limits",
+    "budgets",
 )
-GROUP_FIELDS = ("name", "allowed_models", "metadata")
+GROUP_FIELDS = ("name", "allowed_models", "metadata", "limits", "budgets")
+SPEC_FIELDS = ("limits", "budgets")
 
 
 class InvalidField(Exception):
@@ -89,6 +93,21 @@ def _metadata(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def spec_field(field: str, value: Any) -> Any:
+    """`limits` (a Limits or None) or `budgets` (a list of Budget); null clears either."""
+    try:
+        if field == "limits":
+            return parse_limits(value)
+        budgets = parse_budgets(value)
+    except SpecError as exc:
+        raise InvalidField(field, str(exc)) from None
+    for budget in budgets:
+        # JSON text cannot hold an infinite amount, so the store could not read it back.
+        if not math.isfinite(budget.usd):
+            raise InvalidField(field, "usd must be a finite number")
+    return budgets
+
+
 def key_fields(data: Any) -> dict[str, Any]:
     """The key fields in `data`, checked; unknown fields are refused by name."""
     if not isinstance(data, dict):
@@ -116,6 +135,8 @@ def key_fields(data: Any) -> dict[str, Any]:
             if not isinstance(value, bool):
                 raise InvalidField(name, "must be true or false")
             out[name] = value
+        elif name in SPEC_FIELDS:
+            out[name] = spec_field(name, value)
         else:
             out[name] = _metadata(value)
     return out
@@ -136,6 +157,8 @@ def group_fields(data: Any, *, creating: bool) -> dict[str, Any]:
             out[name] = value
         elif name == "allowed_models":
             out[name] = _strings(name, value)
+        elif name in SPEC_FIELDS:
+            out[name] = spec_field(name, value)
         else:
             out[name] = _metadata(value)
     if creating and "name" not in out:

@@ -50,7 +50,16 @@ def migrations(dialect: str) -> list[list[str]]:
         f"CREATE TABLE keys_state (id INTEGER PRIMARY KEY, version {big} NOT NULL)",
         "INSERT INTO keys_state (id, version) VALUES (1, 0)",
     ]
-    return [v1]
+    # Limits and budgets (limits/spec.py) as JSON text: NULL limits and `[]` budgets are none.
+    v2 = [
+        statement
+        for table in ("api_keys", "teams", "projects")
+        for statement in (
+            f"ALTER TABLE {table} ADD COLUMN limits TEXT",
+            f"ALTER TABLE {table} ADD COLUMN budgets TEXT NOT NULL DEFAULT '[]'",
+        )
+    ]
+    return [v1, v2]
 
 
 Execute = Callable[..., Any]

@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from ..limits.spec import Budget, Limits, to_builtins
+
 KEY_PREFIX = "sk-lp-"
 ENDPOINTS = ("chat", "completions", "embeddings")
 
@@ -29,6 +31,9 @@ class KeyRecord(msgspec.Struct, kw_only=True):
     blocked: bool = False
     tags: list[str] = []
     metadata: dict[str, Any] = {}
+    # What the limits engine enforces for this key (docs/limits.md); None/[] is none.
+    limits: Limits | None = None
+    budgets: list[Budget] = []
     created_at: float = 0.0
     updated_at: float = 0.0
     last_used_at: float | None = None
@@ -43,20 +48,28 @@ class KeyRecord(msgspec.Struct, kw_only=True):
         data = msgspec.structs.asdict(self)
         del data["secret_sha256"]
         del data["previous_sha256"]
+        data["limits"] = to_builtins(self.limits)
+        data["budgets"] = to_builtins(self.budgets)
         return data
 
 
 class TeamRecord(msgspec.Struct, kw_only=True):
-    """A team or a project: a name, the models its keys may use, and metadata."""
+    """A team or a project: a name, the models its keys may use, its limits and budgets
+    (shared by all its keys), and metadata."""
 
     name: str
     allowed_models: list[str] = []
     metadata: dict[str, Any] = {}
+    limits: Limits | None = None
+    budgets: list[Budget] = []
     created_at: float = 0.0
     updated_at: float = 0.0
 
     def public(self) -> dict[str, Any]:
-        return msgspec.structs.asdict(self)
+        data = msgspec.structs.asdict(self)
+        data["limits"] = to_builtins(self.limits)
+        data["budgets"] = to_builtins(self.budgets)
+        return data
 
 
 def sha256_hex(secret: str) -> str:

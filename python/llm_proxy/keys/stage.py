@@ -98,12 +98,15 @@ class Authenticate:
             )
 
 
-def key_info(entry: KeyEntry, models: list[str]) -> dict[str, Any]:
-    """What `GET /v1/key/info` tells a caller about its own key."""
+def key_info(
+    entry: KeyEntry, models: list[str], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What `GET /v1/key/info` tells a caller about its own key; `extra` is merged in."""
+    from ..limits.spec import to_builtins
     from .fields import iso
 
     record = entry.record
-    return {
+    info = {
         "id": record.id,
         "alias": record.alias,
         "team": record.team,
@@ -115,4 +118,13 @@ def key_info(entry: KeyEntry, models: list[str]) -> dict[str, Any]:
         "tags": record.tags,
         "metadata": record.metadata,
         "created_at": iso(record.created_at),
+        "limits": to_builtins(entry.limits),
+        "budgets": to_builtins(entry.budgets),
+        "team_limits": to_builtins(entry.team_limits),
+        "team_budgets": to_builtins(entry.team_budgets),
+        "project_limits": to_builtins(entry.project_limits),
+        "project_budgets": to_builtins(entry.project_budgets),
     }
+    if extra:
+        info.update(extra)
+    return info

@@ -34,12 +34,22 @@ _KEY_COLUMNS = (
     "blocked",
     "tags",
     "metadata",
+    "limits",
+    "budgets",
     "created_at",
     "updated_at",
     "last_used_at",
 )
-_JSON_COLUMNS = frozenset({"allowed_models", "allowed_endpoints", "tags", "metadata"})
-_GROUP_COLUMNS = ("name", "allowed_models", "metadata", "created_at", "updated_at")
+_JSON_COLUMNS = frozenset({"allowed_models", "allowed_endpoints", "tags", "metadata", "budgets"})
+_GROUP_COLUMNS = (
+    "name",
+    "allowed_models",
+    "metadata",
+    "limits",
+    "budgets",
+    "created_at",
+    "updated_at",
+)
 
 
 class NotFound(Exception):
@@ -86,20 +96,28 @@ def _key_row(values: tuple[Any, ...]) -> KeyRecord:
     data = dict(zip(_KEY_COLUMNS, values, strict=True))
     for name in _JSON_COLUMNS:
         data[name] = msgspec.json.decode(data[name])
+    data["limits"] = _limits(data["limits"])
     data["blocked"] = bool(data["blocked"])
     return msgspec.convert(data, KeyRecord)
 
 
 def _group_row(values: tuple[Any, ...]) -> TeamRecord:
     data = dict(zip(_GROUP_COLUMNS, values, strict=True))
-    data["allowed_models"] = msgspec.json.decode(data["allowed_models"])
-    data["metadata"] = msgspec.json.decode(data["metadata"])
+    for name in ("allowed_models", "metadata", "budgets"):
+        data[name] = msgspec.json.decode(data[name])
+    data["limits"] = _limits(data["limits"])
     return msgspec.convert(data, TeamRecord)
+
+
+def _limits(text: str | None) -> Any:
+    return None if text is None else msgspec.json.decode(text)
 
 
 def _value(name: str, value: Any) -> Any:
     if name in _JSON_COLUMNS:
         return _json.encode(value).decode()
+    if name == "limits":
+        return None if value is None else _json.encode(value).decode()
     if name == "blocked":
         return 1 if value else 0
     return value
@@ -262,15 +280,10 @@ class KeyStore:
             found = execute(f"SELECT 1 FROM {kind} WHERE name = ?", (record.name,)).fetchone()
             if found is not None:
                 raise Conflict(f"{kind[:-1]} `{record.name}` exists already")
+            marks = ", ".join("?" * len(_GROUP_COLUMNS))
             execute(
-                f"INSERT INTO {kind} ({', '.join(_GROUP_COLUMNS)}) VALUES (?, ?, ?, ?, ?)",
-                (
-                    record.name,
-                    _value("allowed_models", record.allowed_models),
-                    _value("metadata", record.metadata),
-                    ts,
-                    ts,
-                ),
+                f"INSERT INTO {kind} ({', '.join(_GROUP_COLUMNS)}) VALUES ({marks})",
+                [_value(c, getattr(record, c)) for c in _GROUP_COLUMNS],
             )
             _bump(execute)
         return record

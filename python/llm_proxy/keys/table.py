@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..limits.spec import Budget, Limits
 from .model import KeyRecord, TeamRecord
 from .store import KeyStore, Snapshot
 
@@ -41,6 +42,15 @@ class KeyEntry:
     expires_at: float
     blocked: bool
     team: str | None
+    project: str | None
+    # The key's own limits and budgets, and those of its team and its project (read from
+    # their records when the table is built; None / [] when there are none or no record).
+    limits: Limits | None
+    budgets: list[Budget]
+    team_limits: Limits | None
+    team_budgets: list[Budget]
+    project_limits: Limits | None
+    project_budgets: list[Budget]
     # Each list must allow the model (the key's own, its team's, its project's): an
     # intersection. An empty list allows every model, so it is left out.
     model_lists: tuple[tuple[frozenset[str], tuple[str, ...]], ...]
@@ -83,6 +93,13 @@ def build_entries(
             expires_at=key.expires_at if key.expires_at is not None else math.inf,
             blocked=key.blocked,
             team=key.team,
+            project=key.project,
+            limits=key.limits,
+            budgets=key.budgets,
+            team_limits=team.limits if team is not None else None,
+            team_budgets=team.budgets if team is not None else [],
+            project_limits=project.limits if project is not None else None,
+            project_budgets=project.budgets if project is not None else [],
             model_lists=tuple(_matcher(m) for m in lists if m),
             endpoints=frozenset(key.allowed_endpoints) if key.allowed_endpoints else None,
         )
@@ -111,6 +128,9 @@ class KeyTable:
         self.redis_url = redis_url
         self.channel = channel
         self.entries: dict[str, KeyEntry] = {}
+        # The teams and projects the entries were built from (stored merged with declared).
+        self.teams: dict[str, TeamRecord] = dict(declared_teams)
+        self.projects: dict[str, TeamRecord] = dict(declared_projects)
         self.version = -1
         # Public id -> when it was last used; written by the stage, flushed by the thread.
         self.used: dict[str, float] = {}
@@ -137,6 +157,8 @@ class KeyTable:
             stored[key.id] = key
         # One assignment: a call reads either the old table or the new one, never a mix.
         self.entries = build_entries(stored.values(), teams, projects)
+        self.teams = teams
+        self.projects = projects
         self.version = snapshot.version
         self.reloads += 1
 
