@@ -36,11 +36,11 @@ from .plan import (
     rate_items,
     scope_items,
 )
-from .redis import RedisBackend
 
 if TYPE_CHECKING:
     from ..keys.table import KeyEntry, KeyTable
     from ..observe.metrics import GatewayMetrics
+    from .redis import RedisBackend
 
 log = logging.getLogger("llm_proxy.limits")
 
@@ -112,11 +112,16 @@ class Limiter:
         self.keys = keys
         self.metrics = metrics
         self.prefix = settings.key_prefix
-        self.backend: MemoryBackend | RedisBackend = (
-            RedisBackend(settings.redis_url, settings.timeout_s, settings.retry_after_s)
-            if settings.backend == "redis"
-            else MemoryBackend()
-        )
+        self.backend: MemoryBackend | RedisBackend
+        if settings.backend == "redis":
+            # Imported only when used: redis-py loads OpenTelemetry when it is installed.
+            from .redis import RedisBackend
+
+            self.backend = RedisBackend(
+                settings.redis_url, settings.timeout_s, settings.retry_after_s
+            )
+        else:
+            self.backend = MemoryBackend()
         self._sync = isinstance(self.backend, MemoryBackend)
         self._lease_ms = int(settings.lease_s * 1000)
         self._periods = Periods(settings.timezone)
@@ -209,7 +214,7 @@ class Limiter:
         return self._reserve(call, ticket)
 
     async def _reserve(self, call: Call, ticket: Ticket) -> None:
-        assert isinstance(self.backend, RedisBackend)
+        assert not isinstance(self.backend, MemoryBackend)
         try:
             verdict = await self.backend.reserve(ticket.lease, ticket.args)
         except BackendError as exc:
@@ -384,7 +389,7 @@ class Limiter:
             if ticket.plan.budgets:
                 self.alerts.check(ticket, after)
             return
-        assert isinstance(self.backend, RedisBackend)
+        assert not isinstance(self.backend, MemoryBackend)
         future = self.backend.settle(ticket.lease, items)
         if ticket.plan.budgets:
             future.add_done_callback(lambda f: self._settled(ticket, f))
@@ -431,7 +436,7 @@ class Limiter:
             assert isinstance(self.backend, MemoryBackend)
             _now, used = self.backend.usage(args)
         else:
-            assert isinstance(self.backend, RedisBackend)
+            assert not isinstance(self.backend, MemoryBackend)
             try:
                 _now, used = await self.backend.usage(args)
             except BackendError as exc:
