@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -432,5 +434,158 @@ def test_concurrent_calls_within_max_parallel(mock_upstream: MockUpstream, tmp_p
             statuses = list(pool.map(one, range(6)))
         assert statuses.count(200) == 2 and statuses.count(429) == 4
         assert post(gw, chat_body()).status_code == 200  # the slots were freed
+    finally:
+        gw.stop()
+
+
+# -- keys, teams, and several gateways ---------------------------------------------------------
+
+ADMIN = "adm-" + "limits-test-admin"
+
+
+def _keyed(upstream: MockUpstream, store: str, limits: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    config = config_for(upstream, limits)
+    config["server"] = {"admin_port": 0}
+    config["logging"] = {
+        "enabled": True,
+        "store": store,
+        "spool_path": str(tmp / "spool"),
+        "flush_interval_s": 0.01,
+    }
+    config["auth"] = {"mode": "keys", "admin_key": ADMIN}
+    return config
+
+
+def _admin(config: dict[str, Any], tmp: Path) -> Gateway:
+    """A gateway whose admin listener is on, to make keys with."""
+    from tests.support.servers import free_port
+
+    config = {**config, "server": {"admin_port": free_port()}}
+    gw = start_gateway(config, tmp)
+    gw.admin_port = config["server"]["admin_port"]  # type: ignore[attr-defined]
+    return gw
+
+
+def _make_key(gw: Gateway, **fields: Any) -> dict[str, Any]:
+    port = gw.admin_port  # type: ignore[attr-defined]
+    resp = httpx.post(
+        f"http://127.0.0.1:{port}/admin/v1/keys",
+        json=fields,
+        headers={"authorization": f"Bearer {ADMIN}"},
+        timeout=10,
+    )
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+def test_three_gateways_share_a_keys_100_rpm_exactly(
+    mock_upstream: MockUpstream, tmp_path: Path, redis_server: str, prefix: str
+) -> None:
+    from tests.support.postgres import database_url, private_schema, with_search_path
+
+    url = database_url()
+    with private_schema(url) as schema:
+        store = with_search_path(url, schema)
+        limits = {"backend": "redis", "redis_url": redis_server, "key_prefix": prefix}
+        config = _keyed(mock_upstream, store, limits, tmp_path)
+        first = _admin(config, tmp_path)
+        gateways = [first, start_gateway(config, tmp_path), start_gateway(config, tmp_path)]
+        try:
+            made = _make_key(first, limits={"rpm": 100})
+            headers = {"authorization": f"Bearer {made['key']}"}
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the other gateways' tables pick the key up
+                if all(
+                    httpx.get(g.base_url + "/key/info", headers=headers).status_code == 200
+                    for g in gateways
+                ):
+                    break
+                time.sleep(0.1)
+
+            def one(i: int) -> httpx.Response:
+                gw = gateways[i % 3]
+                return httpx.post(
+                    gw.base_url + "/chat/completions", json=chat_body(), headers=headers, timeout=30
+                )
+
+            with ThreadPoolExecutor(48) as pool:
+                answers = list(pool.map(one, range(400)))
+            statuses = [r.status_code for r in answers]
+            assert statuses.count(200) == 100, statuses
+            assert statuses.count(429) == 300
+            refused = [r for r in answers if r.status_code == 429]
+            waits = [int(r.headers["retry-after-ms"]) for r in refused]
+            assert all(0 < w <= 61_000 for w in waits)
+            assert all(made["id"] in r.json()["error"]["message"] for r in refused)
+            info = httpx.get(first.base_url + "/key/info", headers=headers).json()
+            rows = {(r["scope"], r["metric"]): r for r in info["limits_usage"]}
+            assert rows[(f"key:{made['id']}", "requests")]["used"] == 100
+            # After the window the key works again: wait out the longest retry-after.
+            time.sleep(max(waits) / 1000 + 0.2)
+            assert one(0).status_code == 200
+        finally:
+            for gw in gateways:
+                gw.stop()
+
+
+def test_team_and_key_x_model_limits_name_their_scope(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    config = _keyed(mock_upstream, f"sqlite:///{tmp_path}/k.db", {}, tmp_path)
+    config["auth"]["teams"] = {"support": {"limits": {"rpm": 3}}}
+    gw = _admin(config, tmp_path)
+    try:
+        made = _make_key(gw, team="support", limits={"models": {"priced": {"rpm": 1}}})
+        client = openai.OpenAI(base_url=gw.base_url, api_key=made["key"], max_retries=0)
+        assert client.chat.completions.create(model="priced", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as per_model:
+            client.chat.completions.create(model="priced", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+        message = per_model.value.response.json()["error"]["message"]
+        assert f"key `{made['id']}` for model `priced`" in message
+        for _ in range(2):
+            client.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as team:
+            client.chat.completions.create(model="gpt-4o-mini", messages=CHAT, max_tokens=4)  # type: ignore[arg-type]
+        message = team.value.response.json()["error"]["message"]
+        assert "team `support`" in message and made["id"] in message
+    finally:
+        gw.stop()
+
+
+def test_a_key_budget_is_shown_and_spent(mock_upstream: MockUpstream, tmp_path: Path) -> None:
+    config = _keyed(mock_upstream, f"sqlite:///{tmp_path}/b.db", {}, tmp_path)
+    gw = _admin(config, tmp_path)
+    try:
+        made = _make_key(gw, budgets=[{"usd": 0.2, "period": "monthly"}])
+        headers = {"authorization": f"Bearer {made['key']}"}
+        resp = httpx.post(
+            gw.base_url + "/chat/completions", json=chat_body("priced"), headers=headers
+        )
+        assert resp.status_code == 200, resp.text
+        spent = _cost_usd(resp.json()["usage"])
+        info = httpx.get(gw.base_url + "/key/info", headers=headers).json()
+        assert info["budgets"] == [{"usd": 0.2}]  # the period left out is the default, monthly
+        (row,) = [r for r in info["limits_usage"] if r["metric"] == "budget"]
+        assert row["scope"] == f"key:{made['id']}" and row["budget_usd"] == 0.2
+        assert row["spent_usd"] == pytest.approx(spent, abs=2e-6)
+        status = 200
+        for _ in range(50):
+            status = httpx.post(
+                gw.base_url + "/chat/completions", json=chat_body("priced"), headers=headers
+            ).status_code
+            if status != 200:
+                break
+        assert status == 429
+        # The log store keeps the history the counters were reconciled to.
+        out = subprocess.run(
+            [sys.executable, "-m", "llm_proxy.cli", "stats", "--config", str(gw.config_path),
+             "--by", "key", "--json"],
+            capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        rows = [json.loads(line) for line in out.stdout.splitlines()]
+        (mine,) = [r for r in rows if r["key"] == made["id"]]
+        assert mine["cost_usd"] <= 0.2 and mine["budgets"][0]["usd"] == 0.2
+        assert mine["budgets"][0]["spent_usd"] == pytest.approx(mine["cost_usd"], rel=1e-6)
     finally:
         gw.stop()

@@ -44,6 +44,7 @@ _SSE_HEADERS = [
     ("x-accel-buffering", "no"),
 ]
 
+_KEY_INFO = ("/v1/key/info", "/key/info")
 # A client's x-request-id longer than this is cut to it (it is echoed and stored).
 MAX_REQUEST_ID = 128
 
@@ -134,6 +135,8 @@ class HttpDoor:
                 await self.foreign[path](scope, proto, request_id, started)
             elif path.startswith(STORED_PREFIX):
                 await self.responses.stored(scope, proto, request_id, started)
+            elif (method == "GET" or method == "HEAD") and path in _KEY_INFO:
+                await self._key_info(scope, proto, request_id, started)
             elif method == "GET" or method == "HEAD":
                 self._get(scope, proto, path, request_id, started)
             elif path in ("/v1/models", "/health", "/ready") or path.startswith("/v1/models/"):
@@ -173,11 +176,6 @@ class HttpDoor:
                 body = self._models_body
             else:
                 body = self._render_models(self.auth.identify(scope.headers).allows)
-        elif path == "/v1/key/info" or path == "/key/info":
-            if self.auth is None:
-                raise GatewayError(404, "key info needs auth.mode: keys", code="unknown_url")
-            entry = self.auth.identify(scope.headers)
-            body = _encoder.encode(key_info(entry, list(self.config.models)))
         elif path == "/metrics":
             content_type, body = self.metrics()
             proto.response_bytes(200, [("content-type", content_type)], body)
@@ -197,6 +195,23 @@ class HttpDoor:
             body = _encoder.encode(self._model_entry(name, model.provider))
         else:
             raise GatewayError(404, f"Unknown request URL: GET {shown(path)}", code="unknown_url")
+        headers = [
+            ("content-type", JSON),
+            ("x-request-id", request_id),
+            ("x-llm-proxy-overhead-ms", f"{_since_ms(started):.3f}"),
+        ]
+        proto.response_bytes(200, headers, body)
+
+    async def _key_info(
+        self, scope: Scope, proto: HTTPProtocol, request_id: str, started: float
+    ) -> None:
+        """The caller's own key: its policy, and what its limits and budgets stand at."""
+        if self.auth is None:
+            raise GatewayError(404, "key info needs auth.mode: keys", code="unknown_url")
+        entry = self.auth.identify(scope.headers)
+        limiter = self.pipeline.limiter
+        extra = await limiter.usage(entry.id, entry) if limiter is not None else None
+        body = _encoder.encode(key_info(entry, list(self.config.models), extra))
         headers = [
             ("content-type", JSON),
             ("x-request-id", request_id),

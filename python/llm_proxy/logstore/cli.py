@@ -246,7 +246,7 @@ def stats_command(args: argparse.Namespace) -> int:
     opened = _open(args)
     if isinstance(opened, int):
         return opened
-    _, store = opened
+    config, store = opened
     group = _GROUPS[args.by]
     try:
         totals = store.fetch(
@@ -265,6 +265,7 @@ def stats_command(args: argparse.Namespace) -> int:
             [since],
         ):
             latencies.setdefault(key, []).append(float(latency))
+        policies = _policies(config, args.by, store) if args.by in ("key", "team") else {}
     except StoreError as exc:
         print(f"llm-proxy: log store: {exc}", file=sys.stderr)
         return 1
@@ -285,6 +286,7 @@ def stats_command(args: argparse.Namespace) -> int:
                 "completion_tokens": int(c_tok or 0),
                 "cost_usd": float(cost) if priced else None,
                 "cache_hit_rate": (hits or 0) / lookups if lookups else None,
+                **policies.get(key, {}),
             }
         )
     if args.json:
@@ -319,5 +321,83 @@ def stats_command(args: argparse.Namespace) -> int:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)))
     if not results:
         lines.append(f"(no calls in the last {args.since})")
+    lines += _policy_lines(results, args.by)
     print("\n".join(lines))
     return 0
+
+
+def _policies(config: Config, by: str, store: LogStore) -> dict[Any, dict[str, Any]]:
+    """Each key's or team's limits and budgets (from the key store), with the spend of each
+    budget's current period from the log (the history the live counters settle to)."""
+    from ..keys import store_url
+    from ..keys.store import KeyStore
+    from ..limits.plan import Periods
+
+    try:
+        keys = KeyStore(store_url(config))
+    except Exception:
+        return {}
+    try:
+        snapshot = keys.snapshot()
+    except Exception:
+        return {}
+    finally:
+        keys.close()
+    if by == "key":
+        owners: dict[str, Any] = {k.id: k for k in snapshot.keys}
+        column = "key_id"
+    else:
+        owners = dict(snapshot.teams)
+        for name, declared in config.auth.teams.items():
+            owners.setdefault(name, declared)
+        column = "team"
+    periods = Periods(config.limits.timezone)
+    now = time.time()
+    out: dict[Any, dict[str, Any]] = {}
+    for name, owner in owners.items():
+        limits = getattr(owner, "limits", None)
+        budgets = getattr(owner, "budgets", None) or []
+        if limits is None and not budgets:
+            continue
+        entry: dict[str, Any] = {"limits": msgspec.to_builtins(limits) if limits else None}
+        rows = []
+        for budget in budgets:
+            if budget.period == "rolling":
+                start = now - budget.window_s()
+            else:
+                start = periods.current(budget.period)[0] / 1000
+            ((spent,),) = store.fetch(
+                f"SELECT SUM(cost_usd) FROM requests WHERE {column} = ? AND ts >= ?",
+                [name, start],
+            )
+            rows.append(
+                {
+                    **msgspec.to_builtins(budget),
+                    "period_start": start,
+                    "spent_usd": float(spent or 0.0),
+                }
+            )
+        entry["budgets"] = rows
+        out[name] = entry
+    return out
+
+
+def _policy_lines(results: list[dict[str, Any]], by: str) -> list[str]:
+    lines = []
+    for r in results:
+        if "limits" not in r:
+            continue
+        parts = []
+        limits = r["limits"] or {}
+        for name in ("rpm", "tpm", "max_parallel"):
+            if limits.get(name) is not None:
+                parts.append(f"{name}={limits[name]}")
+        for model, per in (limits.get("models") or {}).items():
+            parts.append(f"{model}: " + " ".join(f"{k}={v}" for k, v in per.items()))
+        for b in r.get("budgets", []):
+            period = b["period"] if b["period"] != "rolling" else f"last {b['window']}"
+            parts.append(f"${b['spent_usd']:.4f} of ${b['usd']:g} ({period})")
+        lines.append(f"{by} {r[by]}: " + ("; ".join(parts) or "no limits"))
+    if lines:
+        lines.insert(0, "limits and budgets (spend of the current period, from the log):")
+    return lines
