@@ -18,6 +18,10 @@ LOGGED = "llm-proxy, logging full"
 PEERS = {"litellm": "LiteLLM", "portkey": "Portkey"}
 # A valid virtual key on every call (auth.mode: keys, the key declared in the YAML).
 AUTHED = "llm-proxy, auth on"
+# Auth on, and the key has limits (rpm, tpm) and a monthly budget that never run out: every
+# call is reserved and settled, on the memory backend and on Redis (loopback).
+LIMITED = "llm-proxy, limits on (memory)"
+LIMITED_REDIS = "llm-proxy, limits on (redis)"
 
 # The goals; each is shown met or MISSED in the table.
 TARGETS = {

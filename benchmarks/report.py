@@ -5,7 +5,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .figures import AUTHED, DIRECT, FLOOR, GATEWAY, LOGGED, PEERS, PROXY_FLOOR, added
+from .figures import (
+    AUTHED,
+    DIRECT,
+    FLOOR,
+    GATEWAY,
+    LIMITED,
+    LIMITED_REDIS,
+    LOGGED,
+    PEERS,
+    PROXY_FLOOR,
+    added,
+)
 from .scenarios import instructions
 
 LABELS = {
@@ -38,10 +49,21 @@ def markdown(r: dict[str, Any]) -> str:
     sc = r["scenarios"]
     names = [
         n
-        for n in (DIRECT, FLOOR, PROXY_FLOOR, GATEWAY, LOGGED, AUTHED, *PEERS)
+        for n in (
+            DIRECT,
+            FLOOR,
+            PROXY_FLOOR,
+            GATEWAY,
+            LOGGED,
+            AUTHED,
+            LIMITED,
+            LIMITED_REDIS,
+            *PEERS,
+        )
         if n in sc["clients_1"]
     ]
-    out = _conditions(r) + _targets(r) + _http(sc, names) + _logging(sc) + _streaming(sc, names)
+    out = _conditions(r) + _targets(r) + _http(sc, names) + _logging(sc) + _limits(r)
+    out += _streaming(sc, names)
     peers = [n for n in PEERS if n in names]
     if peers:
         out += _peers(sc, peers)
@@ -149,6 +171,53 @@ def _logging(sc: dict[str, Any]) -> list[str]:
             f"{b['rps']:,.0f} | {_pct(b['rps'], a['rps'])} | {ca:,.0f} | {cb:,.0f} | "
             f"{cb - ca:+,.0f} |"
         )
+    return out
+
+
+def _limits(r: dict[str, Any]) -> list[str]:
+    """Limits on (memory, Redis) against auth on, in the same rounds; the stage in process."""
+    sc = r["scenarios"]
+    out = []
+    cost = r.get("limits_cost")
+    if cost and "memory" in cost:
+        redis = cost.get("redis", {})
+        out += [
+            "",
+            f"The limits stage in process (a key with rpm, tpm and a budget; reserve and settle): "
+            f"memory backend {cost['memory']['cpu_us_per_call']:.1f} µs CPU per call (target <= "
+            f"{cost['target_memory_us']:g}); Redis backend "
+            + (
+                f"{redis['cpu_us_per_call']:.1f} µs CPU per call, admission p50 "
+                f"{redis['admission_p50_ms']:.3f} ms (target <= {cost['target_redis_p50_ms']:g})."
+                if "cpu_us_per_call" in redis
+                else f"{redis.get('skipped', 'not measured')}."
+            ),
+        ]
+    if AUTHED not in sc["clients_1"]:
+        return out
+    shown = [n for n in (LIMITED, LIMITED_REDIS) if n in sc["clients_1"]]
+    if not shown:
+        return out
+    out += [
+        "",
+        "## Limits: a key with rpm, tpm and a budget vs auth on (same rounds, same core)",
+        "",
+        "Targets (issue 19): memory adds <= 10 µs CPU per call; Redis adds <= 0.1 ms p50 at one "
+        "client and keeps >= 80% of the requests/s of auth on.",
+        "",
+        "| scenario | target | added p50 ms vs auth on | req/s vs auth on | CPU µs/req added |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for key in ("clients_1", "clients_16", "clients_64"):
+        base = sc[key][AUTHED]
+        for name in shown:
+            x = sc[key][name]
+            delta = added(sc[key], name, "p50_ms") - added(sc[key], AUTHED, "p50_ms")
+            cpu = (x["cpu_us_per_request"] or 0) - (base["cpu_us_per_request"] or 0)
+            out.append(
+                f"| {LABELS[key]} | {name} | {delta:+.3f} | {x['rps'] / base['rps']:.0%} "
+                f"| {cpu:+,.0f} |"
+            )
     return out
 
 

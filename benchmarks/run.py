@@ -28,7 +28,7 @@ from .figures import capacity_figures, peer_comparison, targets_table
 from .harness import HERE, OTHER_CPUS, machine, mock, steal_ticks
 from .peers import PEERS, PLACES, TITLES
 from .report import markdown
-from .scenarios import gateway, instructions, pyspy
+from .scenarios import gateway, instructions, limits_cost, pyspy
 from .scenarios.gateway import progress
 
 
@@ -46,7 +46,7 @@ def grpc_scenarios(seconds: float, calls: int) -> dict[str, Any]:
 
 # What `--only` can pick besides the HTTP rounds (1, 16, 64 clients, streams, upstream delay,
 # with the peers), which always run: the report is built on them.
-PARTS = ("cache", "memory", "grpc", "instructions")
+PARTS = ("cache", "memory", "grpc", "instructions", "limits")
 
 
 def install_peers(names: str, results: dict[str, Any]) -> list[str]:
@@ -105,6 +105,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["instructions"] = {"skipped": str(exc)}
     else:
         results["instructions"] = {"skipped": "not in --only"}
+    if "limits" in args.only:
+        progress("the limits stage in process: CPU per call, memory and Redis (limits_cost.py)")
+        try:
+            results["limits_cost"] = limits_cost.run(5_000 if args.quick else 20_000, runs)
+        except Exception as exc:  # report it, keep the rest of the run
+            results["limits_cost"] = {"skipped": str(exc)}
     results["meta"]["loadavg_end"] = os.getloadavg()
     results["meta"]["cpu_steal_end"] = steal_ticks()
     results["targets"] = targets_table(results)

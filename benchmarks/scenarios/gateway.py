@@ -10,19 +10,32 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..figures import AUTHED, DIRECT, FLOOR, GATEWAY, LOGGED, PROXY_FLOOR
+from ..figures import (
+    AUTHED,
+    DIRECT,
+    FLOOR,
+    GATEWAY,
+    LIMITED,
+    LIMITED_REDIS,
+    LOGGED,
+    PROXY_FLOOR,
+)
 from ..harness import (
     CPUS,
     GATEWAY_CPU,
     OTHER_CPUS,
     Served,
+    free_port,
     granian_floor,
     llm_proxy,
     mock,
@@ -59,6 +72,57 @@ AUTH_ON = {
     ],
     "teams": {"bench": {"allowed_models": ["gpt-4o-mini"]}},
 }
+
+
+# The "limits on" gateways' key: the same key, with limits and a budget it never reaches.
+AUTH_LIMITED = {
+    **AUTH_ON,
+    "keys": [
+        {
+            **AUTH_ON["keys"][0],  # type: ignore[index]
+            "limits": {"rpm": 10**9, "tpm": 10**12},
+            "budgets": [{"usd": 1e9, "period": "monthly"}],
+        }
+    ],
+}
+
+
+def _redis_for_bench(stack: ExitStack, tmp: Path) -> str | None:
+    """REDIS_URL, the local Redis, or a private redis-server; None when there is none."""
+    import redis as redis_py
+
+    for url in (os.environ.get("REDIS_URL"), "redis://127.0.0.1:6379/0"):
+        if not url:
+            continue
+        try:
+            client = redis_py.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+            client.ping()
+            client.close()
+            return url
+        except (redis_py.RedisError, OSError):
+            continue
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(lambda: (proc.terminate(), proc.wait(10)))
+    time.sleep(0.5)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def _delete_prefix(url: str, prefix: str) -> None:
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url, socket_timeout=5)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def progress(message: str) -> None:
@@ -200,6 +264,30 @@ def run(args: argparse.Namespace, results: dict[str, Any], peers: list[str]) -> 
         )
         authed.headers = {"authorization": f"Bearer {AUTH_KEY}"}
         warm(authed)
+        keys_db = {"store": f"sqlite:///{tmp / 'keys-limited.db'}"}
+        limited = stack.enter_context(
+            llm_proxy(up.url, tmp, auth={**AUTH_LIMITED, **keys_db}, limits={"backend": "memory"})
+        )
+        limited.headers = authed.headers
+        warm(limited)
+        extra: dict[str, Served] = {LIMITED: limited}
+        redis_url = _redis_for_bench(stack, tmp)
+        if redis_url is None:
+            results["meta"]["limits_redis"] = "not measured: no Redis and no redis-server"
+        else:
+            prefix = f"llm-proxy-bench:{os.getpid()}:"
+            limited_redis = stack.enter_context(
+                llm_proxy(
+                    up.url,
+                    tmp,
+                    auth={**AUTH_LIMITED, "store": f"sqlite:///{tmp / 'keys-redis.db'}"},
+                    limits={"backend": "redis", "redis_url": redis_url, "key_prefix": prefix},
+                )
+            )
+            stack.callback(_delete_prefix, redis_url, prefix)
+            limited_redis.headers = authed.headers
+            warm(limited_redis)
+            extra[LIMITED_REDIS] = limited_redis
         # Peers whose streamed answers are measured: not LiteLLM at 64 clients (too slow to
         # finish a stream in the run), none whose streamed request fails (it would hang the
         # one-client loop, which reads until [DONE]).
@@ -220,7 +308,14 @@ def run(args: argparse.Namespace, results: dict[str, Any], peers: list[str]) -> 
         for clients in (1, 16, 64):
             progress(f"{clients} client(s): {', '.join(targets)}")
             sc[f"clients_{clients}"] = rounds(
-                {**targets, FLOOR: floor, PROXY_FLOOR: hop, LOGGED: logged, AUTHED: authed},
+                {
+                    **targets,
+                    FLOOR: floor,
+                    PROXY_FLOOR: hop,
+                    LOGGED: logged,
+                    AUTHED: authed,
+                    **extra,
+                },
                 # One client's rounds have the fewest requests and the noisiest figures: >= 5.
                 runs if clients > 1 or args.quick else max(runs, 5),
                 lambda name, t, c=clients: load(

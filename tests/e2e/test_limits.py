@@ -589,3 +589,46 @@ def test_a_key_budget_is_shown_and_spent(mock_upstream: MockUpstream, tmp_path: 
         assert mine["budgets"][0]["spent_usd"] == pytest.approx(mine["cost_usd"], rel=1e-6)
     finally:
         gw.stop()
+
+
+def test_cache_hits_cost_nothing_unless_counted(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    for counted in (False, True):
+        limits = {"global": {"rpm": 2}, "count_cache_hits": counted}
+        config = config_for(mock_upstream, limits, cache={"enabled": True})
+        gw = start_gateway(config, tmp_path)
+        try:
+            body = chat_body(messages=[{"role": "user", "content": f"cache {counted}"}])
+            assert post(gw, body).headers["x-llm-proxy-cache"] == "miss"
+            hit = post(gw, body)
+            assert hit.status_code == 200 and hit.headers["x-llm-proxy-cache"] == "hit"
+            third = post(gw, chat_body())
+            assert third.status_code == (429 if counted else 200), third.text
+        finally:
+            gw.stop()
+
+
+def test_llm_proxy_prices_shows_the_effective_table(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    import yaml
+
+    path = tmp_path / "prices.yaml"
+    path.write_text(yaml.safe_dump(config_for(mock_upstream, {})))
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_proxy.cli", "prices", "--config", str(path), "--json"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {r["model"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert rows["priced"]["input_per_mtok"] == PRICE["input"]
+    assert rows["priced"]["source"] == "config"
+    assert rows["gpt-4o-mini"]["source"] == "table" and rows["gpt-4o-mini"]["input_per_mtok"] > 0
+    assert rows["gpt-4o-mini"]["context_window"] >= 128000
+    assert rows["unpriced"]["source"] is None
+    table = subprocess.run(
+        [sys.executable, "-m", "llm_proxy.cli", "prices", "--config", str(path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "NO PRICE" in table.stdout and "refused" in table.stdout

@@ -55,6 +55,7 @@ class Alerts:
 
     def check(self, ticket: Ticket, after: list[int]) -> None:
         now_ms = int(time.time() * 1000)
+        assert ticket.args is not None
         for item, arg, spent in zip(ticket.plan.items, ticket.args, after, strict=True):
             budget = item.budget
             if budget is None or not budget.alert_at:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .plan import PARALLEL, WINDOW
 
@@ -104,7 +104,8 @@ class MemoryBackend:
                 if window is None:
                     u = 0
                 else:
-                    window.trim(slot - b - 1, b)
+                    if slot - b - 1 > window.h:
+                        window.trim(slot - b - 1, b)
                     u = window.total
                 if u + cost > limit:
                     wait = -1
@@ -151,6 +152,84 @@ class MemoryBackend:
             used[i] += cost
         return Verdict(True, now, used)
 
+    def window(self, key: str, a: int, b: int) -> _Window:
+        """The window behind `key`, made if new: a plan holds it for its calls."""
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _Window(int(time.time() * 1000) // a - b - 1)
+        return window
+
+    def leases(self, key: str) -> dict[str, int]:
+        return self._leases.setdefault(key, {})
+
+    def counter(self, key: str, expires_ms: int) -> list[int]:
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = [0, expires_ms]
+        return counter
+
+    def reserve_cells(
+        self, kinds: list[str], cells: list[Any], limits: list[int], costs: list[int],
+        a_s: list[int], b_s: list[int], lease: str,
+    ) -> Verdict:  # fmt: skip
+        """`reserve` on the cells a plan resolved (its windows, leases and counters)."""
+        now = int(time.time() * 1000)
+        used: list[int] = []
+        refused, refused_wait = -1, -2
+        for i, kind in enumerate(kinds):
+            cell = cells[i]
+            cost = costs[i]
+            limit = limits[i]
+            if kind == WINDOW:
+                a = a_s[i]
+                b = b_s[i]
+                slot = now // a
+                if slot - b - 1 > cell.h:
+                    cell.trim(slot - b - 1, b)
+                u = cell.total
+                if u + cost <= limit:
+                    used.append(u)
+                    continue
+                wait = cell.wait(u + cost - limit, slot, a, b, now) if cost <= limit else -1
+            elif kind == PARALLEL:
+                if cell:
+                    for name in [n for n, until in cell.items() if until <= now]:
+                        del cell[name]
+                u = len(cell)
+                if u + cost <= limit:
+                    used.append(u)
+                    continue
+                wait = 1000 if cost <= limit else -1
+            else:
+                u = cell[0]
+                if u + cost <= limit:
+                    used.append(u)
+                    continue
+                wait = -1
+            used.append(u)
+            if refused < 0 or wait == -1 or (refused_wait != -1 and wait > refused_wait):
+                refused, refused_wait = i, wait
+        if refused >= 0:
+            return Verdict(False, now, [used[refused]], refused, refused_wait)
+        for i, kind in enumerate(kinds):
+            cost = costs[i]
+            cell = cells[i]
+            if kind == WINDOW:
+                if cost:
+                    slot = now // a_s[i]
+                    slots = cell.slots
+                    slots[slot] = slots.get(slot, 0) + cost
+                    cell.total += cost
+            elif kind == PARALLEL:
+                cell[lease] = now + a_s[i]
+            else:
+                cell[0] += cost
+            used[i] += cost
+        self._calls += 1
+        if not self._calls & 0x3FFF:
+            self._sweep(now)
+        return Verdict(True, now, used)
+
     def settle(self, lease: str, items: list[SettleArgs]) -> list[int]:
         now = int(time.time() * 1000)
         out = []
@@ -194,10 +273,7 @@ class MemoryBackend:
         return now, out
 
     def _sweep(self, now: int) -> None:
-        """Forget counters of periods that ended and windows left idle."""
+        """Forget counters of periods that ended (windows and leases stay: plans hold them,
+        and there is one of each per scope, however long the gateway runs)."""
         for key in [k for k, (_, until) in self._counters.items() if until <= now]:
             del self._counters[key]
-        for key in [k for k, w in self._windows.items() if w.total <= 0]:
-            del self._windows[key]
-        for key in [k for k, leases in self._leases.items() if not leases]:
-            del self._leases[key]

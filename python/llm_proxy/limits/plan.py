@@ -7,6 +7,7 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from .spec import Budget, Limits, RateLimits
 
@@ -34,16 +35,51 @@ class Item:
     budget: Budget | None = None
 
 
+# What a call reserves of an item: one request (or slot in flight), its tokens, its cost.
+ONE, TOKENS, COST = 0, 1, 2
+_AMOUNT = {"requests": ONE, "parallel": ONE, "tokens": TOKENS, "budget": COST}
+
+
 @dataclass(slots=True)
 class Plan:
-    """The items of every scope a call meets (from its key and model), built once per pair."""
+    """The items of every scope a call meets (from its key and model), built once per pair,
+    with what the hot path would otherwise work out per call."""
 
     items: list[Item]
-    tokens: bool
-    budgets: bool
     # Which key entry the plan was built from: a reloaded table makes new entries.
     owner: object = None
-    calendar: list[int] = field(default_factory=list)
+    tokens: bool = False
+    budgets: bool = False
+    alerts: bool = False
+    amounts: list[int] = field(default_factory=list)
+    # The requests items, then the tokens items: the headers name the tightest of each.
+    requests: list[int] = field(default_factory=list)
+    token_items: list[int] = field(default_factory=list)
+    # The counters' keys for the period they were made for: (period start, key).
+    counter_keys: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # The items' fields as lists, for the memory backend's loop.
+    kinds: list[str] = field(default_factory=list)
+    limits: list[int] = field(default_factory=list)
+    a_s: list[int] = field(default_factory=list)
+    b_s: list[int] = field(default_factory=list)
+    parallel: bool = False
+    # The memory backend's windows, leases and counters of the items (None until resolved).
+    cells: list[Any] | None = None
+    counter_cells: dict[int, tuple[int, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        items = self.items
+        self.kinds = [i.kind for i in items]
+        self.limits = [i.limit for i in items]
+        self.a_s = [i.a for i in items]
+        self.b_s = [i.b for i in items]
+        self.parallel = any(i.kind == PARALLEL for i in items)
+        self.tokens = any(i.metric == "tokens" for i in items)
+        self.budgets = any(i.metric == "budget" for i in items)
+        self.alerts = any(i.budget is not None and i.budget.alert_at for i in items)
+        self.amounts = [_AMOUNT[i.metric] for i in items]
+        self.requests = [n for n, i in enumerate(items) if i.metric == "requests"]
+        self.token_items = [n for n, i in enumerate(items) if i.metric == "tokens"]
 
 
 def rate_items(prefix: str, scope: str, limits: RateLimits, lease_ms: int) -> list[Item]:

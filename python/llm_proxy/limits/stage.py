@@ -10,6 +10,7 @@ settle replaces both with what the call really used (streams cut short included)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -26,7 +27,11 @@ from ..tokens import count_prompt
 from .alerts import Alerts
 from .backend import Args, BackendError, MemoryBackend, SettleArgs, Verdict
 from .plan import (
+    COST,
     COUNTER,
+    ONE,
+    PARALLEL,
+    TOKENS,
     WINDOW,
     Item,
     Periods,
@@ -54,13 +59,17 @@ class Ticket:
     """What a call reserved, for its settle."""
 
     plan: Plan
-    args: list[Args]
+    # The backend items as sent to Redis; for the memory backend only when needed (a refusal,
+    # an alert), its costs and cells instead.
+    args: list[Args] | None
     lease: str
     now_ms: int
     input_tokens: int
     output_tokens: int
     price: Price | None
     cost_micro: int
+    costs: list[int] | None = None
+    cells: list[Any] | None = None
 
 
 def duration(ms: int) -> str:
@@ -182,12 +191,7 @@ class Limiter:
             if entry.project:
                 items += budget_items(p, f"project:{entry.project}", entry.project_budgets)
         items += budget_items(p, "global", self.settings.budgets)
-        plan = Plan(
-            items,
-            tokens=any(i.metric == "tokens" for i in items),
-            budgets=any(i.metric == "budget" for i in items),
-            owner=entry,
-        )
+        plan = Plan(items, owner=entry)
         if len(plans) >= _MAX_PLANS:
             plans.clear()
         plans[(key_id, model)] = plan
@@ -196,26 +200,76 @@ class Limiter:
     # -- admission -----------------------------------------------------------------------------
 
     def __call__(self, call: Call) -> Awaitable[None] | None:
-        plan = self.plan(call.key_id, self._entry(call), call.model)
+        key_id = call.key_id
+        keys = self.keys
+        entry = keys.entries.get(key_id) if key_id is not None and keys is not None else None
+        plan = self._plans.get((key_id, call.model))
+        if plan is None or plan.owner is not entry:
+            plan = self.plan(key_id, entry, call.model)
         if not plan.items:
             return None
         input_tokens = output_tokens = cost = 0
         price = None
-        if plan.tokens or plan.budgets:
+        if plan.tokens:
             input_tokens, output_tokens = self._tokens(call)
         if plan.budgets:
+            if not plan.tokens:
+                input_tokens, output_tokens = self._tokens(call)
             price, cost = self._cost(call, input_tokens, output_tokens)
-        args = self._args(plan, input_tokens + output_tokens, cost)
-        ticket = Ticket(plan, args, new_request_id(), 0, input_tokens, output_tokens, price, cost)
+        lease = new_request_id() if plan.parallel else ""
         if self._sync:
-            assert isinstance(self.backend, MemoryBackend)
-            self._admitted(call, ticket, self.backend.reserve(ticket.lease, args))
+            costs = self._costs(plan, input_tokens + output_tokens, cost)
+            backend = self.backend
+            assert isinstance(backend, MemoryBackend)
+            cells = plan.cells if not plan.budgets else self._cells(plan, backend)
+            if cells is None:
+                cells = self._cells(plan, backend)
+            ticket = Ticket(plan, None, lease, 0, input_tokens, output_tokens, price, cost, costs)
+            # Counters change with the period: the settle must find the ones reserved from.
+            ticket.cells = list(cells) if plan.budgets else cells
+            verdict = backend.reserve_cells(
+                plan.kinds, cells, plan.limits, costs, plan.a_s, plan.b_s, lease
+            )
+            if not verdict.ok:
+                ticket.args = self._args(plan, input_tokens + output_tokens, cost)
+            self._admitted(call, ticket, verdict)
             return None
+        args = self._args(plan, input_tokens + output_tokens, cost)
+        ticket = Ticket(plan, args, lease, 0, input_tokens, output_tokens, price, cost)
         return self._reserve(call, ticket)
+
+    def _costs(self, plan: Plan, tokens: int, cost: int) -> list[Any]:
+        return [1 if c == ONE else tokens if c == TOKENS else cost for c in plan.amounts]
+
+    def _cells(self, plan: Plan, backend: MemoryBackend) -> list[Any]:
+        """The memory backend's window, leases or counter behind each item (counters: the
+        current period's)."""
+        cells = plan.cells
+        if cells is None:
+            cells = []
+            for item in plan.items:
+                if item.kind == WINDOW:
+                    cells.append(backend.window(item.key, item.a, item.b))
+                elif item.kind == PARALLEL:
+                    cells.append(backend.leases(item.key))
+                else:
+                    cells.append(None)
+            plan.cells = cells
+        for n, item in enumerate(plan.items):
+            if item.kind == COUNTER:
+                assert item.budget is not None
+                start, end = self._periods.current(item.budget.period)
+                known = plan.counter_cells.get(n)
+                if known is None or known[0] != start:
+                    counter = backend.counter(f"{item.key}:{start}", end + _DAY_MS)
+                    known = plan.counter_cells[n] = (start, counter)
+                cells[n] = known[1]
+        return cells
 
     async def _reserve(self, call: Call, ticket: Ticket) -> None:
         assert not isinstance(self.backend, MemoryBackend)
         try:
+            assert ticket.args is not None
             verdict = await self.backend.reserve(ticket.lease, ticket.args)
         except BackendError as exc:
             self._backend_failed(exc)
@@ -272,15 +326,17 @@ class Limiter:
 
     def _args(self, plan: Plan, tokens: int, cost: int) -> list[Args]:
         args: list[Args] = []
-        for item in plan.items:
-            metric = item.metric
-            amount = tokens if metric == "tokens" else cost if metric == "budget" else 1
+        amounts = plan.amounts
+        for n, item in enumerate(plan.items):
+            code = amounts[n]
+            amount = 1 if code == ONE else tokens if code == TOKENS else cost
             if item.kind == COUNTER:
                 assert item.budget is not None
                 start, end = self._periods.current(item.budget.period)
-                args.append(
-                    (COUNTER, f"{item.key}:{start}", item.limit, amount, end + _DAY_MS, end)
-                )
+                known = plan.counter_keys.get(n)
+                if known is None or known[0] != start:
+                    known = plan.counter_keys[n] = (start, f"{item.key}:{start}")
+                args.append((COUNTER, known[1], item.limit, amount, end + _DAY_MS, end))
             else:
                 args.append((item.kind, item.key, item.limit, amount, item.a, item.b))
         return args
@@ -296,6 +352,7 @@ class Limiter:
 
     def _refusal(self, call: Call, ticket: Ticket, verdict: Verdict) -> GatewayError:
         item = ticket.plan.items[verdict.refused]
+        assert ticket.args is not None
         kind, _key, limit, cost, _a, b = ticket.args[verdict.refused]
         used = verdict.used[0]
         if self.metrics is not None:
@@ -368,33 +425,70 @@ class Limiter:
         call.limits = None
         refund = call.cache_status == "hit" and not self.settings.count_cache_hits
         tokens, cost = self._used(call, outcome, ticket) if not refund else (0, 0)
+        plan = ticket.plan
+        if ticket.args is None:
+            self._settle_memory(ticket, tokens, cost, refund)
+            return
         items: list[SettleArgs] = []
-        for (kind, key, _limit, reserved, a, b), item in zip(
-            ticket.args, ticket.plan.items, strict=True
-        ):
-            metric = item.metric
-            if metric == "tokens":
+        amounts = plan.amounts
+        for n, (kind, key, _limit, reserved, a, b) in enumerate(ticket.args):
+            code = amounts[n]
+            if code == TOKENS:
                 delta = tokens - reserved
-            elif metric == "budget":
+            elif code == COST:
                 delta = cost - reserved
-            elif metric == "requests":
+            elif kind == WINDOW:
                 delta = -1 if refund else 0
             else:
                 delta = 0
-            slot = ticket.now_ms // a if kind == WINDOW else 0
-            items.append((kind, key, delta, a, b, slot))
-        if self._sync:
-            assert isinstance(self.backend, MemoryBackend)
-            after = self.backend.settle(ticket.lease, items)
-            if ticket.plan.budgets:
-                self.alerts.check(ticket, after)
+            if delta or kind == PARALLEL or plan.alerts:
+                items.append((kind, key, delta, a, b, ticket.now_ms // a if kind == WINDOW else 0))
+        if not items:
             return
         assert not isinstance(self.backend, MemoryBackend)
         future = self.backend.settle(ticket.lease, items)
-        if ticket.plan.budgets:
+        if future is None:
+            return
+        if plan.alerts:
             future.add_done_callback(lambda f: self._settled(ticket, f))
         else:
             future.add_done_callback(_quiet)
+
+    def _settle_memory(self, ticket: Ticket, tokens: int, cost: int, refund: bool) -> None:
+        plan = ticket.plan
+        cells, costs = ticket.cells, ticket.costs
+        assert cells is not None and costs is not None
+        now_ms = ticket.now_ms
+        amounts, kinds = plan.amounts, plan.kinds
+        after: list[int] = []
+        for n, code in enumerate(amounts):
+            kind = kinds[n]
+            cell = cells[n]
+            if code == TOKENS:
+                delta = tokens - costs[n]
+            elif code == COST:
+                delta = cost - costs[n]
+            else:
+                delta = -1 if refund and kind == WINDOW else 0
+            if kind == WINDOW:
+                if delta:
+                    slot = now_ms // plan.a_s[n]
+                    v = cell.slots.get(slot)
+                    if v is not None and slot > cell.h:
+                        delta = max(delta, -v)
+                        cell.slots[slot] = v + delta
+                        cell.total += delta
+                after.append(cell.total)
+            elif kind == PARALLEL:
+                cell.pop(ticket.lease, None)
+                after.append(len(cell))
+            else:
+                if delta:
+                    cell[0] = max(0, cell[0] + delta)
+                after.append(cell[0])
+        if plan.alerts:
+            ticket.args = self._args(plan, 0, 0)
+            self.alerts.check(ticket, after)
 
     def _settled(self, ticket: Ticket, future: asyncio.Future[list[int]]) -> None:
         if future.cancelled() or future.exception() is not None:
@@ -469,26 +563,43 @@ def _quiet(future: asyncio.Future[list[int]]) -> None:
         future.exception()  # a failed settle lapses with its window; nothing to tell the call
 
 
+_HEADER_NAMES = {
+    metric: (
+        f"x-ratelimit-limit-{metric}",
+        f"x-ratelimit-remaining-{metric}",
+        f"x-ratelimit-reset-{metric}",
+    )
+    for metric in ("requests", "tokens")
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _reset(ms: int) -> str:
+    return duration(ms)
+
+
 def _rate_headers(ticket: Ticket, verdict: Verdict) -> list[tuple[str, str]] | None:
     """OpenAI's x-ratelimit-* headers for the tightest requests and tokens scopes."""
-    best: dict[str, tuple[int, int, int]] = {}
+    plan = ticket.plan
+    items = plan.items
+    used = verdict.used
     now = verdict.now_ms
-    for item, arg, used in zip(ticket.plan.items, ticket.args, verdict.used, strict=True):
-        metric = item.metric
-        if metric != "requests" and metric != "tokens":
+    headers: list[tuple[str, str]] = []
+    for metric, indices in (("requests", plan.requests), ("tokens", plan.token_items)):
+        if not indices:
             continue
-        remaining = item.limit - used
-        current = best.get(metric)
-        if current is None or remaining < current[0]:
-            a, b = arg[4], arg[5]
-            best[metric] = (remaining, item.limit, (now // a + b + 1) * a - now)
-    if not best:
-        return None
-    headers = []
-    for metric, (remaining, limit, reset_ms) in best.items():
-        headers += [
-            (f"x-ratelimit-limit-{metric}", str(limit)),
-            (f"x-ratelimit-remaining-{metric}", str(max(0, remaining))),
-            (f"x-ratelimit-reset-{metric}", duration(reset_ms)),
-        ]
-    return headers
+        best = indices[0]
+        remaining = items[best].limit - used[best]
+        for n in indices[1:]:
+            left = items[n].limit - used[n]
+            if left < remaining:
+                best, remaining = n, left
+        item = items[best]
+        a = item.a
+        limit_name, remaining_name, reset_name = _HEADER_NAMES[metric]
+        headers += (
+            (limit_name, str(item.limit)),
+            (remaining_name, str(remaining if remaining > 0 else 0)),
+            (reset_name, _reset((now // a + item.b + 1) * a - now)),
+        )
+    return headers or None

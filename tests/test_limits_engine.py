@@ -134,3 +134,29 @@ def test_all_or_nothing(backend: str, redis_server: str, prefix: str, tmp_path: 
             await limiter.close()
 
     asyncio.run(scenario())
+
+
+def test_a_rolling_budget_counts_the_last_window(redis_server: str, prefix: str) -> None:
+    async def scenario() -> None:
+        limiter = _limiter(
+            "redis",
+            redis_server,
+            prefix,
+            budgets=[{"usd": 0.05, "period": "rolling", "window": "2h"}],
+        )
+        await limiter.start()
+        try:
+            call = _call()
+            await _admit(limiter, call)
+            limiter.settle(call, Outcome(200, usage=Usage(8, 10, 18)))
+            await asyncio.sleep(0.05)
+            plan = limiter.plan(None, None, "priced")
+            (item,) = plan.items
+            assert item.a == 3_600_000 and item.b == 2  # hour slots, two of them
+            assert limiter.backend.__class__.__name__ == "RedisBackend"
+            _, used = await limiter.backend.usage(limiter._args(plan, 0, 0))  # type: ignore[union-attr]
+            assert used == [18_000]  # 18 tokens at $1000 per million: 0.018 USD in micro-dollars
+        finally:
+            await limiter.close()
+
+    asyncio.run(scenario())
