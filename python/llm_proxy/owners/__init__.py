@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from ..config import Config
 from .memory import MemoryOwners
-from .redis import RedisOwners
 
-ResponseOwners = MemoryOwners | RedisOwners
+# The interface: the memory table's; the Redis one extends it.
+ResponseOwners = MemoryOwners
 
-__all__ = ["MemoryOwners", "RedisOwners", "ResponseOwners", "build_owners"]
+__all__ = ["MemoryOwners", "ResponseOwners", "build_owners"]
 
 
 def build_owners(config: Config) -> ResponseOwners:
@@ -24,4 +24,7 @@ def build_owners(config: Config) -> ResponseOwners:
         url = config.cache.redis_url
     if not url:
         return MemoryOwners()
+    # Imported only when used: redis-py pulls in more (OpenTelemetry, if installed).
+    from .redis import RedisOwners
+
     return RedisOwners(url, settings.key_prefix, settings.ttl_s, settings.timeout_s)
