@@ -11,7 +11,9 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -34,10 +36,45 @@ impl std::error::Error for BadChunk {}
 struct Chunk<'a> {
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<Choice<'a>>>,
+    /// The first choice only (the others are skipped, never allocated).
+    #[serde(borrow, default, deserialize_with = "first_choice")]
+    choices: Option<Choice<'a>>,
     #[serde(default)]
     usage: Option<Usage>,
+}
+
+fn first_choice<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Choice<'a>>, D::Error> {
+    struct First<'a>(PhantomData<Choice<'a>>);
+
+    impl<'de: 'a, 'a> Visitor<'de> for First<'a> {
+        type Value = Option<Choice<'a>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of choices or null")
+        }
+
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let first = seq.next_element::<Choice<'a>>()?;
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(first)
+        }
+    }
+
+    deserializer.deserialize_option(First(PhantomData))
 }
 
 #[derive(Deserialize)]
@@ -213,7 +250,7 @@ impl MessagesStream {
         if chunk.usage.is_some() {
             self.usage = chunk.usage;
         }
-        let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) else {
+        let Some(choice) = chunk.choices else {
             return Ok(());
         };
         if let Some(reason) = choice.finish_reason {
@@ -346,7 +383,21 @@ impl MessagesStream {
 }
 
 fn push_int(out: &mut Vec<u8>, value: i64) {
-    out.extend_from_slice(value.to_string().as_bytes());
+    let mut digits = [0u8; 20];
+    let mut rest = value.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn push_str(out: &mut Vec<u8>, value: &str) {
@@ -521,6 +572,25 @@ mod tests {
     fn a_chunk_that_is_not_json_is_an_error() {
         assert_eq!(feed_all(&[b"data: {not json\n\n"]), Err(BadChunk));
         assert_eq!(feed_all(&[b"data: {\"choices\":5}\n\n"]), Err(BadChunk));
+    }
+
+    #[test]
+    fn only_the_first_choice_is_read_and_usage_numbers_are_exact() {
+        let got = feed_all(&[
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}},{\"delta\":{\"content\":\"b\"}}]}\n\n",
+            b"data: {\"choices\":null,\"usage\":{\"prompt_tokens\":1234567890123,\"completion_tokens\":0}}\n\n",
+        ])
+        .unwrap();
+        let texts: Vec<_> = got
+            .iter()
+            .filter_map(|(_, v)| v["delta"]["text"].as_str())
+            .collect();
+        assert_eq!(texts, ["a"]);
+        let usage = &got.last().unwrap().1;
+        assert_eq!(usage["type"], "message_stop");
+        let delta = &got[got.len() - 2].1;
+        assert_eq!(delta["usage"]["input_tokens"], 1234567890123_i64);
+        assert_eq!(delta["usage"]["output_tokens"], 0);
     }
 
     #[test]
