@@ -213,11 +213,15 @@ def served(
 
 
 @contextmanager
-def mock(cpus: list[int] = OTHER_CPUS, delay_ms: int = 0) -> Iterator[Served]:
-    """The mock upstream (`llm_proxy.testing.mock_upstream`), answering after `delay_ms`."""
+def mock(
+    cpus: list[int] = OTHER_CPUS, delay_ms: int = 0, chunks: int = 8, chunk_delay_ms: int = 0
+) -> Iterator[Served]:
+    """The mock upstream (`llm_proxy.testing.mock_upstream`), answering after `delay_ms`;
+    streams of `chunks` content events, `chunk_delay_ms` apart."""
     port = free_port()
     cmd = [*pin(cpus), sys.executable, "-m", "llm_proxy.testing.mock_upstream"]
-    cmd += ["--port", str(port), "--delay-ms", str(delay_ms)]
+    cmd += ["--port", str(port), "--delay-ms", str(delay_ms), "--chunks", str(chunks)]
+    cmd += ["--chunk-delay-ms", str(chunk_delay_ms)]
     url = f"http://127.0.0.1:{port}"
     with served(cmd, url + "/v1/models", url) as proc:
         yield proc

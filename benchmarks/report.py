@@ -17,7 +17,7 @@ from .figures import (
     PROXY_FLOOR,
     added,
 )
-from .scenarios import instructions
+from .scenarios import instructions, messages_bench
 
 LABELS = {
     "clients_1": "1 client",
@@ -67,7 +67,7 @@ def markdown(r: dict[str, Any]) -> str:
     peers = [n for n in PEERS if n in names]
     if peers:
         out += _peers(sc, peers)
-    out += _grpc(sc) + _memory(r) + _instructions(r) + _capacity(r) + _profile(r)
+    out += _messages(sc) + _grpc(sc) + _memory(r) + _instructions(r) + _capacity(r) + _profile(r)
     return "\n".join(out) + "\n"
 
 
@@ -307,6 +307,16 @@ def _peers(sc: dict[str, Any], peers: list[str]) -> list[str]:
         "requests/s, so this row shows queueing (latency added under load), not CPU."
     )
     return out
+
+
+def _messages(sc: dict[str, Any]) -> list[str]:
+    m = sc.get("messages")
+    if not m:
+        return []
+    out = ["", "## Anthropic Messages in, OpenAI-format upstream out (messages_bench)", ""]
+    if "skipped" in m:
+        return [*out, f"Skipped: {m['skipped']}"]
+    return [*out, messages_bench.markdown(m).rstrip("\n")]
 
 
 def _grpc(sc: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ and keeps the median run and the spread; stops every process it started, by PID;
 benchmarks/results/<date>-<host>.json, a markdown table (.md) and PNG charts beside it.
 
     python -m benchmarks.run [--quick] [--runs 3] [--seconds 5] [--peers litellm,portkey]
-        [--only http,cache,memory,grpc,instructions]
+        [--only http,cache,memory,grpc,instructions,messages]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .figures import capacity_figures, peer_comparison, targets_table
 from .harness import HERE, OTHER_CPUS, machine, mock, steal_ticks
 from .peers import PEERS, PLACES, TITLES
 from .report import markdown
-from .scenarios import gateway, instructions, limits_cost, pyspy
+from .scenarios import gateway, instructions, limits_cost, messages_bench, pyspy
 from .scenarios.gateway import progress
 
 
@@ -46,7 +46,7 @@ def grpc_scenarios(seconds: float, calls: int) -> dict[str, Any]:
 
 # What `--only` can pick besides the HTTP rounds (1, 16, 64 clients, streams, upstream delay,
 # with the peers), which always run: the report is built on them.
-PARTS = ("cache", "memory", "grpc", "instructions", "limits")
+PARTS = ("cache", "memory", "grpc", "instructions", "limits", "messages")
 
 
 def install_peers(names: str, results: dict[str, Any]) -> list[str]:
@@ -95,6 +95,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["scenarios"]["grpc"] = grpc_scenarios(seconds, 300 if args.quick else 1500)
     else:
         results["scenarios"]["grpc"] = {"skipped": "not in --only"}
+    if "messages" in args.only:
+        progress("/v1/messages beside /v1/chat/completions, whole and streamed (messages_bench)")
+        try:
+            # Its figure is a median of paired differences: 3 rounds even with --quick.
+            results["scenarios"]["messages"] = messages_bench.run(
+                seconds, max(runs, 3), 0.5 if args.quick else 1.0
+            )
+        except Exception as exc:  # report it, keep the rest of the run
+            results["scenarios"]["messages"] = {"skipped": str(exc)}
+    else:
+        results["scenarios"]["messages"] = {"skipped": "not in --only"}
     if "instructions" in args.only:
         progress("instructions per call on the event loop (instructions.py, callgrind)")
         try:

@@ -68,7 +68,18 @@ class Proto:
 
 def main() -> None:
     upstream, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    extra = {"cache": {"enabled": True, "backend": "memory"}} if path == "hit" else {}
+    extra: dict[str, Any] = (
+        {"cache": {"enabled": True, "backend": "memory"}} if path == "hit" else {}
+    )
+    if path in ("auth", "limits", "limits-redis"):
+        from ..scenarios.gateway import AUTH_KEY, AUTH_LIMITED, AUTH_ON
+
+        store = {"store": f"sqlite:///{tempfile.mkdtemp()}/keys.db"}
+        extra["auth"] = {**(AUTH_ON if path == "auth" else AUTH_LIMITED), **store}
+        if path == "limits-redis":
+            url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+            prefix = f"llm-proxy-bench:{os.getpid()}:"
+            extra["limits"] = {"backend": "redis", "redis_url": url, "key_prefix": prefix}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(bench_config(upstream, **extra), f)
     os.environ["LLM_PROXY_CONFIG"] = f.name
@@ -80,6 +91,8 @@ def main() -> None:
     app.__rsgi_init__(loop)
     body = STREAM_BODY if path in ("stream", "bare-stream") else BODY
     scope = Scope(body)
+    if "auth" in extra:
+        scope.headers["authorization"] = f"Bearer {AUTH_KEY}"
     provider = app.pipeline.providers["up"]
     url = provider.base_url + "/chat/completions"  # type: ignore[attr-defined]
 

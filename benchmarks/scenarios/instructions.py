@@ -33,9 +33,19 @@ PATHS = {
     "stream": "streamed answer (8 events)",
     "bare": "floor: body in, upstream client, answer out",
     "bare-stream": "floor: a stream's bytes relayed as they come",
+    "auth": "whole answer, a valid virtual key (auth on)",
+    "limits": "whole answer, auth on, the key's rpm, tpm and budget (memory backend)",
+    "limits-redis": "whole answer, auth on, the key's rpm, tpm and budget (Redis backend)",
 }
 # The floor each path is compared with.
-FLOORS = {"miss": "bare", "hit": "bare", "stream": "bare-stream"}
+FLOORS = {
+    "miss": "bare",
+    "hit": "bare",
+    "stream": "bare-stream",
+    "auth": "miss",
+    "limits": "auth",
+    "limits-redis": "auth",
+}
 
 
 def collected(upstream: str, path: str, calls: int, out: Path) -> int:

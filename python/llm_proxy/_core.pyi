@@ -136,6 +136,27 @@ class SseRelay:
         """Ends the stream and returns its summary; later calls return the same summary.
         Bytes of an event that never got its closing blank line are reported in `error`."""
 
+@final
+class MessagesStream:
+    """Translates one OpenAI chat completions stream to Anthropic's Messages events.
+
+    `message_start` and `ping`, per content block `content_block_start`, deltas (`text_delta`,
+    or `input_json_delta` for a tool call's arguments) and `content_block_stop`, then
+    `message_delta` (stop reason, usage) and `message_stop`. Events after `[DONE]` are ignored.
+    """
+
+    def __init__(self, model: str) -> None:
+        """`model`: the name the client asked for, reported in `message_start`."""
+    def feed(self, item: bytes) -> bytes:
+        """The Anthropic events for one item (one or more complete OpenAI SSE events, LF,
+        CRLF or CR framed); ValueError when an event's data is not a chat completion chunk."""
+    def finish(self) -> bytes:
+        """The closing events (once; after `[DONE]`, or when the stream ended without it)."""
+    @property
+    def started(self) -> bool: ...
+    @property
+    def finished(self) -> bool: ...
+
 def redact(text: str) -> str:
     """Mask API keys, Luhn-valid card numbers, IBANs, e-mail addresses and phone numbers
     (`[API_KEY]`, `[CARD]`, `[IBAN]`, `[EMAIL]`, `[PHONE]`): what `logging.content: redacted`

@@ -332,6 +332,7 @@ class Config(_Section):
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     pricing: PricingConfig = msgspec.field(default_factory=PricingConfig)
+    responses: ResponsesConfig = msgspec.field(default_factory=lambda: ResponsesConfig())
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -454,3 +455,19 @@ def default_config_data() -> dict[str, Any]:
         for m in ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"):
             data["models"][m] = {"provider": "anthropic", "model": m}
     return data
+
+
+class ResponsesConfig(_Section):
+    """Where `/v1/responses` records which deployment holds each response: in Redis when a
+    URL is set here (or the cache uses Redis), shared by every worker and instance; else in
+    each process."""
+
+    redis_url: str | None = None
+    key_prefix: str = "llm-proxy:responses:"
+    # OpenAI keeps a stored response for 30 days.
+    ttl_s: float = 30 * 86400.0
+    timeout_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.ttl_s <= 0 or self.timeout_s <= 0:
+            raise ValueError("responses.ttl_s and responses.timeout_s must be positive")

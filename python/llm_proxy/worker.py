@@ -91,6 +91,7 @@ class GatewayApp:
             grace = max(0.5, self.config.server.shutdown_grace_s - 1.0)
             loop.run_until_complete(self.grpc.stop(grace))
         self.http.stop()
+        loop.run_until_complete(self.http.responses.owners.close())
         loop.run_until_complete(self.pipeline.close())
         # Flushes every queued log record to the store (or the spool).
         loop.run_until_complete(self.recorder.close())

@@ -4,6 +4,7 @@
 pub mod cache_key;
 pub mod grpc;
 pub mod logwriter;
+pub mod messages_stream;
 pub mod sse;
 pub mod tokens;
 
@@ -16,6 +17,7 @@ mod bindings {
 
     use crate::cache_key as keys;
     use crate::logwriter::{self, record::ContentPolicy, redact as redaction};
+    use crate::messages_stream;
     use crate::sse::{self, Dialect};
     use crate::tokens::{self, Encoding};
 
@@ -237,6 +239,48 @@ mod bindings {
         }
     }
 
+    /// One stream's translation from OpenAI chat chunks to Anthropic's Messages events.
+    #[pyclass(module = "llm_proxy._core")]
+    struct MessagesStream {
+        inner: messages_stream::MessagesStream,
+        out: Vec<u8>,
+    }
+
+    #[pymethods]
+    impl MessagesStream {
+        #[new]
+        fn new(model: &str) -> Self {
+            Self {
+                inner: messages_stream::MessagesStream::new(model),
+                out: Vec::new(),
+            }
+        }
+
+        /// The Anthropic events for one item (one or more complete OpenAI SSE events).
+        fn feed<'py>(&mut self, py: Python<'py>, item: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+            self.out.clear();
+            self.inner.feed(item, &mut self.out).map_err(value_error)?;
+            Ok(PyBytes::new(py, &self.out))
+        }
+
+        /// The closing events (once; after `[DONE]`, or when the stream ended without it).
+        fn finish<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+            self.out.clear();
+            self.inner.finish(&mut self.out);
+            PyBytes::new(py, &self.out)
+        }
+
+        #[getter]
+        fn started(&self) -> bool {
+            self.inner.started()
+        }
+
+        #[getter]
+        fn finished(&self) -> bool {
+            self.inner.finished()
+        }
+    }
+
     fn seconds(name: &str, value: f64) -> PyResult<std::time::Duration> {
         std::time::Duration::try_from_secs_f64(value)
             .map_err(|_| value_error(format!("{name} must be a finite number of seconds >= 0")))
@@ -364,6 +408,7 @@ mod bindings {
         m.add_function(wrap_pyfunction!(count_chat_tokens, m)?)?;
         m.add_class::<SseRelay>()?;
         m.add_class::<StreamSummary>()?;
+        m.add_class::<MessagesStream>()?;
         m.add_function(wrap_pyfunction!(redact, m)?)?;
         m.add_class::<LogWriter>()?;
         m.add_class::<crate::grpc::py::GrpcServer>()?;

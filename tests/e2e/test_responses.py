@@ -16,9 +16,11 @@ import httpx
 import openai
 import pytest
 
+from tests.support.redis import delete_prefix, key_prefix, redis_url
 from tests.support.servers import (
     Gateway,
     MockUpstream,
+    free_port,
     standard_config,
     start_gateway,
     start_mock_upstream,
@@ -44,14 +46,9 @@ def second_upstream() -> Iterator[MockUpstream]:
     stop_process(upstream.proc)
 
 
-@pytest.fixture(scope="module")
-def gw(
-    mock_upstream: MockUpstream,
-    second_upstream: MockUpstream,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Gateway]:
-    config = standard_config(mock_upstream)
-    for name, upstream in (("resp-a", mock_upstream), ("resp-b", second_upstream)):
+def responses_config(first: MockUpstream, second: MockUpstream) -> dict[str, Any]:
+    config = standard_config(first)
+    for name, upstream in (("resp-a", first), ("resp-b", second)):
         config["providers"][name] = {
             "kind": "openai",
             "base_url": upstream.url + "/v1",
@@ -59,6 +56,16 @@ def gw(
             "responses_api": True,
         }
         config["models"][name] = {"provider": name, "model": "gpt-4.1"}
+    return config
+
+
+@pytest.fixture(scope="module")
+def gw(
+    mock_upstream: MockUpstream,
+    second_upstream: MockUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    config = responses_config(mock_upstream, second_upstream)
     tmp: Path = tmp_path_factory.mktemp("responses")
     gateway = start_gateway(config, tmp)
     yield gateway
@@ -239,3 +246,78 @@ def test_unknown_stored_response_is_a_404(gw: Gateway) -> None:
     assert "not found" in caught.value.message
     r = httpx.post(gw.base_url + "/responses/resp_x")
     assert r.status_code == 405 and r.headers["allow"] == "GET, DELETE"
+
+
+# -- the shared table: several gateway processes, one Redis ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from redis_url(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_follow_up_on_another_gateway_reaches_the_holder_through_redis(
+    shared_redis: str,
+    mock_upstream: MockUpstream,
+    second_upstream: MockUpstream,
+    tmp_path: Path,
+    stream: bool,
+) -> None:
+    import redis
+
+    prefix = key_prefix()
+    config = responses_config(mock_upstream, second_upstream)
+    config["responses"] = {"redis_url": shared_redis, "key_prefix": prefix, "ttl_s": 600}
+    one = start_gateway(config, tmp_path)
+    two = start_gateway(config, tmp_path)
+    try:
+        if stream:
+            events = list(client(one).responses.create(model="resp-b", input="One", stream=True))
+            first_id = events[0].response.id  # type: ignore[union-attr]
+        else:
+            first_id = client(one).responses.create(model="resp-b", input="One").id
+        # The other gateway never saw the first response; only resp-b's upstream holds it.
+        follow_up = client(two).responses.create(
+            model="resp-a", input="Two", previous_response_id=first_id
+        )
+        assert follow_up.previous_response_id == first_id  # type: ignore[attr-defined]
+        assert second_upstream.last()["body"]["previous_response_id"] == first_id
+
+        fetched = client(two).responses.retrieve(first_id)
+        assert fetched.id == first_id
+        assert second_upstream.last()["path"] == f"/v1/responses/{first_id}"
+
+        r = redis.Redis.from_url(shared_redis, decode_responses=True)
+        try:
+            assert r.get(prefix + first_id) == "resp-b"
+            assert 0 < r.pttl(prefix + first_id) <= 600_000
+            client(two).responses.delete(first_id)
+            assert r.get(prefix + first_id) is None
+        finally:
+            r.close()
+        with pytest.raises(openai.NotFoundError) as caught:
+            client(one).responses.retrieve(first_id)  # the holder's upstream forgot it too
+        assert caught.value.status_code == 404
+    finally:
+        one.stop()
+        two.stop()
+        delete_prefix(shared_redis, prefix)
+
+
+def test_follow_ups_still_work_in_process_while_redis_is_down(
+    mock_upstream: MockUpstream, second_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    config = responses_config(mock_upstream, second_upstream)
+    config["responses"] = {"redis_url": f"redis://127.0.0.1:{free_port()}/0", "timeout_s": 0.2}
+    gateway = start_gateway(config, tmp_path)
+    try:
+        c = client(gateway)
+        first_id = c.responses.create(model="resp-b", input="One").id
+        follow_up = c.responses.create(model="resp-a", input="Two", previous_response_id=first_id)
+        assert follow_up.previous_response_id == first_id  # type: ignore[attr-defined]
+        assert second_upstream.last()["body"]["previous_response_id"] == first_id
+    finally:
+        gateway.stop()
+    log = next(tmp_path.glob("gateway-*.log")).read_text()
+    assert log.count("response owners in redis") == 1  # logged once per interval, not per call

@@ -91,6 +91,10 @@ class ForeignApi:
     def decode(self, body: bytes, request_id: str, headers: Headers) -> Call:
         raise NotImplementedError
 
+    async def decode_call(self, body: bytes, request_id: str, headers: Headers) -> Call:
+        """`decode`, for an API that must look something up first (shared state) to do it."""
+        return self.decode(body, request_id, headers)
+
     def native(self, call: Call) -> bool:
         """Whether the call's answer is already in the client's format (passthrough)."""
         raise NotImplementedError
@@ -98,7 +102,7 @@ class ForeignApi:
     def whole(self, call: Call, reply: Reply) -> bytes:
         raise NotImplementedError
 
-    def native_whole(self, call: Call, reply: Reply) -> bytes:
+    async def native_whole(self, call: Call, reply: Reply) -> bytes:
         """A passthrough answer's body (as it came, by default)."""
         return reply.body
 
@@ -156,7 +160,7 @@ class ForeignApi:
         try:
             body = await self.read(scope, proto, request_id)
             try:
-                call = self.decode(body, request_id, scope.headers)
+                call = await self.decode_call(body, request_id, scope.headers)
             except GatewayError as exc:
                 self.refused(request_id, exc)
                 raise
@@ -182,8 +186,10 @@ class ForeignApi:
                 return
             reply = await self.pipeline.complete(call)
             try:
-                native = self.native(call)
-                body = self.native_whole(call, reply) if native else self.whole(call, reply)
+                if self.native(call):
+                    body = await self.native_whole(call, reply)
+                else:
+                    body = self.whole(call, reply)
             except ValueError as exc:
                 raise GatewayError(502, f"upstream answered with an invalid body: {exc}") from None
             headers = [

@@ -18,7 +18,6 @@ from ..calls import MAX_MODEL_NAME, Call, Headers, Outcome, Reply
 from ..errors import GatewayError
 from ..translate.messages_answer import chat_to_message
 from ..translate.messages_request import TranslationError, messages_to_chat
-from ..translate.messages_stream import MessagesStream
 from ..wire.anthropic import (
     count_tokens_head_decoder,
     error_body,
@@ -113,8 +112,8 @@ class MessagesApi(ForeignApi):
     def whole(self, call: Call, reply: Reply) -> bytes:
         return chat_to_message(reply.body, call.model, reply.usage)
 
-    def translator(self, call: Call) -> MessagesStream:
-        return MessagesStream(call.model)
+    def translator(self, call: Call) -> _core.MessagesStream:
+        return _core.MessagesStream(call.model)
 
     def error_body(self, exc: GatewayError) -> bytes:
         return error_body(error_type(exc.status, exc.type), exc.message)

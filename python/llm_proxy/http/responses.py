@@ -8,9 +8,7 @@ holds the earlier response. Any other deployment gets a stateless chat completio
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,6 +18,7 @@ from granian.rsgi import Scope
 from ..calls import MAX_MODEL_NAME, Call, Headers, Outcome, Reply, shown
 from ..config import speaks_responses
 from ..errors import GatewayError
+from ..owners import ResponseOwners, build_owners
 from ..providers.responses import response_head_decoder
 from ..translate.responses import TranslationError, chat_to_response, responses_to_chat
 from ..translate.responses_stream import ResponsesEvents
@@ -31,9 +30,6 @@ if TYPE_CHECKING:
 
 _dict_decoder = msgspec.json.Decoder(dict[str, Any])
 _encoder = msgspec.json.Encoder()
-# Response ids remembered (oldest forgotten first); a follow-up to a forgotten one goes
-# where its `model` says.
-MAX_REMEMBERED = 100_000
 STORED_PREFIX = "/v1/responses/"
 _RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
@@ -46,28 +42,6 @@ class ResponsesHead(msgspec.Struct):
 
 
 _head_decoder = msgspec.json.Decoder(ResponsesHead)
-
-
-class ResponseOwners:
-    """Which model (and so deployment) answered each passthrough response: bounded, in process."""
-
-    def __init__(self, limit: int = MAX_REMEMBERED) -> None:
-        self.limit = limit
-        self._owners: OrderedDict[str, str] = OrderedDict()
-
-    def record(self, response_id: str, model: str) -> None:
-        if not response_id:
-            return
-        owners = self._owners
-        owners[response_id] = model
-        if len(owners) > self.limit:
-            owners.popitem(last=False)
-
-    def owner(self, response_id: str) -> str | None:
-        return self._owners.get(response_id)
-
-    def forget(self, response_id: str) -> None:
-        self._owners.pop(response_id, None)
 
 
 class _IdWatch:
@@ -90,7 +64,7 @@ class _IdWatch:
                 except (msgspec.DecodeError, KeyError, TypeError):
                     continue
                 if isinstance(response_id, str):
-                    self._owners.record(response_id, self._model)
+                    self._owners.record_soon(response_id, self._model)
                     self._seen = True
         return item
 
@@ -107,9 +81,22 @@ class ResponsesApi(ForeignApi):
         super().__init__(door)
         self.targets = targets(self.config, speaks_responses)
         self.native_providers = native_providers(self.config, speaks_responses)
-        self.owners = ResponseOwners()
+        self.owners: ResponseOwners = build_owners(self.config)
 
     def decode(self, body: bytes, request_id: str, headers: Headers) -> Call:
+        """The call, with a follow-up's owner as this process knows it."""
+        head = self._head(body)
+        previous = head.previous_response_id
+        return self._call(head, body, request_id, headers, previous and self.owners.known(previous))
+
+    async def decode_call(self, body: bytes, request_id: str, headers: Headers) -> Call:
+        """The call, with a follow-up's owner looked up in the shared table if need be."""
+        head = self._head(body)
+        previous = head.previous_response_id
+        owner = await self.owners.owner(previous) if previous else None
+        return self._call(head, body, request_id, headers, owner)
+
+    def _head(self, body: bytes) -> ResponsesHead:
         try:
             head = _head_decoder.decode(body)
         except msgspec.ValidationError as exc:
@@ -122,15 +109,22 @@ class ResponsesApi(ForeignApi):
             ) from None
         except (UnicodeDecodeError, RecursionError):
             raise GatewayError(400, "the request body is not valid UTF-8 JSON") from None
-        model = head.model
-        if len(model) > MAX_MODEL_NAME:
+        if len(head.model) > MAX_MODEL_NAME:
             raise GatewayError(
                 400, f"`model` is longer than {MAX_MODEL_NAME} characters", param="model"
             )
-        previous = head.previous_response_id
-        if previous:
-            # The follow-up goes to the deployment that holds the earlier response.
-            model = self.owners.owner(previous) or model
+        return head
+
+    def _call(
+        self,
+        head: ResponsesHead,
+        body: bytes,
+        request_id: str,
+        headers: Headers,
+        owner: str | None,
+    ) -> Call:
+        # A follow-up goes to the deployment that holds the earlier response.
+        model = owner or head.model
         target = self.targets.get(model)
         passthrough = target is not None and target.native
         if passthrough:
@@ -170,9 +164,12 @@ class ResponsesApi(ForeignApi):
         deployment = call.deployment
         return deployment is not None and deployment.provider in self.native_providers
 
-    def native_whole(self, call: Call, reply: Reply) -> bytes:
-        with contextlib.suppress(msgspec.DecodeError):
-            self.owners.record(response_head_decoder.decode(reply.body).id, call.model)
+    async def native_whole(self, call: Call, reply: Reply) -> bytes:
+        try:
+            response_id = response_head_decoder.decode(reply.body).id
+        except msgspec.DecodeError:
+            return reply.body
+        await self.owners.record(response_id, call.model)
         return reply.body
 
     def passthrough(self, call: Call) -> _IdWatch:
@@ -200,12 +197,15 @@ class ResponsesApi(ForeignApi):
                     headers=[("allow", "GET, DELETE")],
                 )
             response_id = scope.path[len(STORED_PREFIX) :]
-            model = self.owners.owner(response_id) if _RESPONSE_ID.fullmatch(response_id) else None
+            model = None
+            if _RESPONSE_ID.fullmatch(response_id):
+                model = await self.owners.owner(response_id)
             if model is None:
+                where = "gateway" if self.owners.shared else "gateway worker"
                 raise GatewayError(
                     404,
-                    f"Response with id '{shown(response_id, 100)}' not found: this gateway "
-                    "worker did not pass it on (or has forgotten it)",
+                    f"Response with id '{shown(response_id, 100)}' not found: this {where} "
+                    "did not pass it on (or has forgotten it)",
                     code="response_not_found",
                 )
             call = Call(
@@ -234,7 +234,7 @@ class ResponsesApi(ForeignApi):
                 raise
             self.pipeline.ended(call, Outcome(200))
             if method == "DELETE":
-                self.owners.forget(response_id)
+                await self.owners.forget(response_id)
             headers = [
                 ("content-type", "application/json"),
                 ("x-request-id", request_id),

@@ -15,12 +15,34 @@ from typing import Any
 
 import msgspec
 
+from ..wire.openai import ToolCall, Usage
 from ..wire.sse import event_data, split_events
-from .messages_stream import _chunk_decoder
 from .responses import response_id, response_object, responses_usage
 
 _encoder = msgspec.json.Encoder()
 _DONE = b"[DONE]"
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class Chunk(msgspec.Struct):
+    """The parts of a chat chunk the translation reads (a slimmer decode than Completion)."""
+
+    id: str = ""
+    choices: list[_Choice] = []
+    usage: Usage | None = None
+
+
+chunk_decoder = msgspec.json.Decoder(Chunk)
 
 
 class ResponsesEvents:
@@ -57,7 +79,7 @@ class ResponsesEvents:
         if data == _DONE:
             return self.finish()
         try:
-            chunk = _chunk_decoder.decode(data)
+            chunk = chunk_decoder.decode(data)
         except msgspec.DecodeError:
             raise ValueError("upstream sent a chunk that is not JSON") from None
         choices = chunk.choices

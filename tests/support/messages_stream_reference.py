@@ -1,4 +1,6 @@
-"""OpenAI chat completion chunks -> Anthropic's Messages stream events (pure, no I/O).
+"""The pure-Python reference of `_core.MessagesStream` (the gateway's translator of OpenAI
+chat completion chunks to Anthropic's Messages stream events until 2026-12), for parity tests
+and the in-process benchmark.
 
 Anthropic's documented sequence: `message_start`, then per content block `content_block_start`,
 `content_block_delta`s (`text_delta`, or `input_json_delta` for a tool call's arguments) and
@@ -9,38 +11,17 @@ events may come anywhere (one follows `message_start` here).
 from __future__ import annotations
 
 import msgspec
-
-from ..wire.anthropic import event
-from ..wire.openai import ToolCall, Usage
-from ..wire.sse import event_data, split_events
-from .messages_answer import anthropic_usage, message_id, stop_reason
+from llm_proxy.translate.messages_answer import anthropic_usage, message_id, stop_reason
+from llm_proxy.translate.responses_stream import Chunk as _Chunk
+from llm_proxy.translate.responses_stream import chunk_decoder as _chunk_decoder
+from llm_proxy.wire.anthropic import event
+from llm_proxy.wire.openai import Usage
+from llm_proxy.wire.sse import event_data, split_events
 
 _encoder = msgspec.json.Encoder()
 _PING = event(b"ping", b'{"type":"ping"}')
 _MESSAGE_STOP = event(b"message_stop", b'{"type":"message_stop"}')
 _DONE = b"[DONE]"
-
-
-class _Delta(msgspec.Struct):
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
-
-
-class _Choice(msgspec.Struct):
-    delta: _Delta | None = None
-    finish_reason: str | None = None
-
-
-class _Chunk(msgspec.Struct):
-    """The parts of a chat chunk the translation reads (a slimmer decode than Completion)."""
-
-    id: str = ""
-    choices: list[_Choice] = []
-    usage: Usage | None = None
-
-
-_chunk_decoder = msgspec.json.Decoder(_Chunk)
 
 
 class MessagesStream:
@@ -70,6 +51,8 @@ class MessagesStream:
         )
 
     def _data(self, data: bytes) -> bytes:
+        if self.finished:
+            return b""
         if data == _DONE:
             return self.finish()
         try:
