@@ -632,3 +632,23 @@ def test_llm_proxy_prices_shows_the_effective_table(
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert "NO PRICE" in table.stdout and "refused" in table.stdout
+
+
+def test_token_counts_and_refusals_use_no_tokens(
+    mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    gw = start_gateway(config_for(mock_upstream, {"global": {"tpm": 100_000}}), tmp_path)
+    try:
+        first = post(gw, chat_body(max_tokens=10))
+        reserved = 100_000 - _remaining_tokens(first)
+        used = first.json()["usage"]["total_tokens"]
+        count = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": CHAT}
+        for _ in range(5):
+            resp = httpx.post(gw.url + "/v1/messages/count_tokens", json=count, timeout=10)
+            assert resp.status_code == 200, resp.text
+        bad = post(gw, {**chat_body(max_tokens=10), "model": "no-such-model"})
+        assert bad.status_code == 404
+        again = post(gw, chat_body(max_tokens=10))
+        assert _remaining_tokens(again) == 100_000 - used - reserved
+    finally:
+        gw.stop()

@@ -33,6 +33,11 @@ class Item:
     a: int = 0
     b: int = 0
     budget: Budget | None = None
+    # The limit as the x-ratelimit-limit-* header spells it.
+    limit_text: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limit_text", str(self.limit))
 
 
 # What a call reserves of an item: one request (or slot in flight), its tokens, its cost.

@@ -10,7 +10,6 @@ settle replaces both with what the call really used (streams cut short included)
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
@@ -508,13 +507,17 @@ class Limiter:
             prompt = summary.prompt_tokens if not summary.usage_counted else 0
             prompt = prompt or ticket.input_tokens
             completion = summary.completion_tokens
-        elif outcome.status >= 400 and outcome.status not in (499, 503):
-            return 0, 0  # refused or failed before the upstream answered: nothing was used
+        elif outcome.status in (499, 503):
+            # A whole call cancelled midway: the upstream may have used it all.
+            return ticket.input_tokens + ticket.output_tokens, ticket.cost_micro
+        elif outcome.status >= 400 or outcome.response_body is None:
+            # Refused or failed, or answered without generating (a token count, a stored
+            # response): no tokens were used.
+            return 0, 0
         else:
-            return (
-                ticket.input_tokens + ticket.output_tokens,
-                ticket.cost_micro,
-            )  # a whole call cancelled midway: the upstream may have used it all
+            # A whole answer without usage: its text counted like the log counts it.
+            prompt = ticket.input_tokens
+            completion = _answer_tokens(outcome.response_body, call)
         cost = micro(price_of(ticket.price, prompt, completion, cached)) if ticket.price else 0
         return prompt + completion, cost
 
@@ -558,6 +561,18 @@ class Limiter:
         return {"limits_usage": rows}
 
 
+def _answer_tokens(body: bytes, call: Call) -> int:
+    from ..logstore.record import _completion_of, _read_answer
+    from ..tokens import count_text
+
+    deployment = call.deployment
+    try:
+        text = _completion_of(_read_answer(body))[0]
+        return count_text(text, deployment.model if deployment else call.model)
+    except Exception:  # an answer that cannot be read: count what was reserved
+        return call.max_tokens or 0
+
+
 def _quiet(future: asyncio.Future[list[int]]) -> None:
     if not future.cancelled():
         future.exception()  # a failed settle lapses with its window; nothing to tell the call
@@ -573,9 +588,21 @@ _HEADER_NAMES = {
 }
 
 
-@functools.lru_cache(maxsize=4096)
+_RESETS: dict[int, str] = {}
+
+
 def _reset(ms: int) -> str:
-    return duration(ms)
+    """`duration`, remembered per whole second past a minute (a minute window's reset always
+    is): one dict lookup on every answer instead of formatting."""
+    if ms < 60_000:
+        return duration(ms)
+    seconds = ms // 1000
+    text = _RESETS.get(seconds)
+    if text is None:
+        text = duration(seconds * 1000)
+        if len(_RESETS) < 100_000:
+            _RESETS[seconds] = text
+    return text
 
 
 def _rate_headers(ticket: Ticket, verdict: Verdict) -> list[tuple[str, str]] | None:
@@ -598,7 +625,7 @@ def _rate_headers(ticket: Ticket, verdict: Verdict) -> list[tuple[str, str]] | N
         a = item.a
         limit_name, remaining_name, reset_name = _HEADER_NAMES[metric]
         headers += (
-            (limit_name, str(item.limit)),
+            (limit_name, item.limit_text),
             (remaining_name, str(remaining if remaining > 0 else 0)),
             (reset_name, _reset((now // a + item.b + 1) * a - now)),
         )
