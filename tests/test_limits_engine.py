@@ -160,3 +160,58 @@ def test_a_rolling_budget_counts_the_last_window(redis_server: str, prefix: str)
             await limiter.close()
 
     asyncio.run(scenario())
+
+
+def test_callers_waiting_on_a_hung_connect_all_get_a_backend_error() -> None:
+    from llm_proxy.limits.backend import BackendError
+    from llm_proxy.limits.redis import RedisBackend
+
+    async def scenario() -> None:
+        held: list[asyncio.StreamWriter] = []
+
+        async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # accepts, never answers
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        backend = RedisBackend(f"redis://127.0.0.1:{port}/0", timeout_s=0.2, retry_after_s=0)
+        item = (WINDOW, "t:rpm", 10, 1, 1000, 60)
+
+        async def one(delay: float) -> BaseException | None:
+            await asyncio.sleep(delay)
+            try:
+                await backend.reserve("", [item])
+            except BaseException as exc:
+                return exc
+            return None
+
+        results = await asyncio.gather(one(0), one(0.03), one(0.06))
+        assert all(isinstance(r, BackendError) for r in results), results
+        await backend.close()
+        for writer in held:
+            writer.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_auth_closes_its_connection(redis_server: str) -> None:
+    import redis as redis_py
+    from llm_proxy.limits.backend import BackendError
+    from llm_proxy.limits.redis import RedisBackend
+
+    client = redis_py.Redis.from_url(redis_server)
+    before = len(client.client_list())
+    host = redis_server.split("//", 1)[1]
+    backend = RedisBackend(f"redis://:wrong-password@{host}", timeout_s=0.5, retry_after_s=0)
+
+    async def scenario() -> None:
+        for _ in range(5):
+            with pytest.raises(BackendError):
+                await backend.reserve("", [(WINDOW, "t:rpm", 10, 1, 1000, 60)])
+        await backend.close()
+
+    asyncio.run(scenario())
+    time.sleep(0.2)
+    assert len(client.client_list()) <= before
+    client.close()

@@ -243,6 +243,7 @@ class Pipeline:
     async def admit(self, call: Call) -> Provider:
         """Admission alone, for a call answered without the upstream step (a token count);
         the caller records it with `ended`. For a group, its first deployment's provider."""
+        call.max_tokens = 0  # nothing is generated: no output tokens to reserve
         provider = await self._admit(call)
         if provider is None:
             deployment = call.deployment

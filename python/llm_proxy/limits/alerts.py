@@ -43,8 +43,9 @@ class Alerts:
         self.prefix = prefix
         self.backend = backend
         self.metrics = metrics
-        # Alert keys this process already saw marked: not asked of the backend again.
-        self._seen: set[str] = set()
+        # Alert keys this process already saw marked, until when: not asked of the backend
+        # again before then (a rolling window's mark lapses with the window).
+        self._seen: dict[str, float] = {}
         self._marked: dict[str, float] = {}  # the memory backend's marks
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sent: list[dict[str, Any]] = []
@@ -64,12 +65,12 @@ class Alerts:
                 if spent < item.limit * share:
                     break
                 mark = f"{self.prefix}alert:{arg[1]}:{share}"
-                if mark in self._seen:
+                if self._seen.get(mark, 0) > now_ms:
                     continue
+                ttl_ms = arg[4] - now_ms if arg[0] == COUNTER else arg[4] * arg[5]
                 if len(self._seen) >= _MAX_SEEN:
                     self._seen.clear()
-                self._seen.add(mark)
-                ttl_ms = arg[4] - now_ms if arg[0] == COUNTER else arg[4] * arg[5]
+                self._seen[mark] = now_ms + ttl_ms
                 event = {
                     "type": "budget.threshold",
                     "scope": item.scope,
@@ -102,7 +103,7 @@ class Alerts:
         try:
             first = await backend.mark_once(mark, ttl_ms)
         except BackendError as exc:
-            self._seen.discard(mark)  # asked again at the next settle
+            self._seen.pop(mark, None)  # asked again at the next settle
             log.warning("limits: budget alert not marked: %s", exc)
             return
         if first:

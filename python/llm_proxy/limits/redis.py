@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import time
@@ -11,6 +12,7 @@ from typing import Any
 from ..credentials import safe_url
 from .backend import Args, BackendError, SettleArgs, Verdict
 from .lua import RESERVE, SETTLE, USAGE
+from .plan import PARALLEL
 from .resp import RespConnection, RespError, pack_command
 
 log = logging.getLogger("llm_proxy.limits")
@@ -45,6 +47,11 @@ class RedisBackend:
         self.connection = RespConnection(url, timeout_s * 4)
         self.connection.setup = [("SCRIPT", "LOAD", text) for text in _SCRIPTS.values()]
         self._down_until = 0.0
+        # Lease releases (idempotent) that could not be sent, sent again after the next
+        # reservation that succeeds: a slot in flight must not wait out its lease.
+        self._releases: collections.deque[tuple[str, list[str], int]] = collections.deque(
+            maxlen=10_000
+        )
 
     async def start(self) -> None:
         try:
@@ -97,6 +104,8 @@ class RedisBackend:
 
     async def reserve(self, lease: str, items: list[Args]) -> Verdict:
         reply = await self._call("reserve", _command("reserve", lease, items))
+        if self._releases:
+            self._resend()
         if reply[0] == 1:
             return Verdict(True, reply[1], reply[2:])
         return Verdict(False, reply[1], [reply[4]], reply[2] - 1, reply[3])
@@ -105,10 +114,42 @@ class RedisBackend:
         """Queue a settle (written with this turn's other commands, never awaited by the
         call); the future has each item's amount afterwards (for alerts). None when there is
         no connection: the reservation then lapses with its window and period."""
+        keys = [item[1] for item in items if item[0] == PARALLEL]
         try:
-            return self.connection.send_ready(_command("settle", lease, items))
+            future = self.connection.send_ready(_command("settle", lease, items))
         except ConnectionError:
-            return None
+            future = None
+        if keys:
+            if future is None:
+                self.release(lease, keys)
+            else:
+                future.add_done_callback(lambda f: self._released(f, lease, keys, 0))
+        return future
+
+    def release(self, lease: str, keys: list[str], attempt: int = 0) -> None:
+        """Free a call's slots in flight (a ZREM: harmless if the lease was never taken),
+        now if connected, else after the next reservation that succeeds."""
+        if attempt >= 3:
+            return  # the lease lapses by itself after lease_s
+        items: list[SettleArgs] = [(PARALLEL, key, 0, 0, 0, 0) for key in keys]
+        try:
+            future = self.connection.send_ready(_command("settle", lease, items))
+        except ConnectionError:
+            future = None
+        if future is None:
+            self._releases.append((lease, keys, attempt + 1))
+        else:
+            future.add_done_callback(lambda f: self._released(f, lease, keys, attempt + 1))
+
+    def _released(self, future: asyncio.Future[Any], lease: str, keys: list[str], n: int) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self._releases.append((lease, keys, n))
+
+    def _resend(self) -> None:
+        pending = list(self._releases)
+        self._releases.clear()
+        for lease, keys, attempt in pending:
+            self.release(lease, keys, attempt)
 
     async def usage(self, items: list[Args]) -> tuple[int, list[int]]:
         reply = await self._call("usage", _command("usage", "", items))

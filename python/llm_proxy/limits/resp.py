@@ -114,24 +114,33 @@ class RespConnection:
         if db and db != "0":
             commands.append(("SELECT", db))
         commands += self.setup
-        waiters = [_send(protocol, pack_command(c)) for c in commands]
-        for waiter in waiters:
-            await waiter
+        try:
+            waiters = [_send(protocol, pack_command(c)) for c in commands]
+            for waiter in waiters:
+                await waiter
+        except BaseException:
+            if protocol.transport is not None:
+                protocol.transport.close()  # a refused AUTH or a timeout must not leak it
+            raise
         return protocol
 
     async def protocol(self) -> _Protocol:
         protocol = self._ready()
         if protocol is not None:
             return protocol
-        if self._connecting is None:
-            task = asyncio.ensure_future(asyncio.wait_for(self._connect(), self._timeout))
-            self._connecting = task
-            try:
-                self._protocol = await task
-            finally:
-                self._connecting = None
-            return self._protocol
-        return await asyncio.shield(self._connecting)
+        task = self._connecting
+        if task is None:
+            # One connect for every caller, which none of them can cancel by timing out.
+            task = self._connecting = asyncio.ensure_future(
+                asyncio.wait_for(self._connect(), self._timeout)
+            )
+            task.add_done_callback(self._connected)
+        return await asyncio.shield(task)
+
+    def _connected(self, task: asyncio.Future[_Protocol]) -> None:
+        self._connecting = None
+        if not task.cancelled() and task.exception() is None:
+            self._protocol = task.result()
 
     def send_ready(self, payload: bytes) -> asyncio.Future[Any] | None:
         """Send on the open connection; None when there is none (call `send` then)."""

@@ -194,6 +194,8 @@ class Limiter:
             if cells is None:
                 cells = self._cells(plan, backend)
             ticket = Ticket(plan, None, lease, 0, input_tokens, output_tokens, price, cost, costs)
+            if plan.alerts:  # the alert marks name the periods reserved from
+                ticket.args = self._args(plan, input_tokens + output_tokens, cost)
             # Counters change with the period: the settle must find the ones reserved from.
             ticket.cells = list(cells) if plan.budgets else cells
             verdict = backend.reserve_cells(
@@ -237,10 +239,16 @@ class Limiter:
 
     async def _reserve(self, call: Call, ticket: Ticket) -> None:
         assert not isinstance(self.backend, MemoryBackend)
+        assert ticket.args is not None
         try:
-            assert ticket.args is not None
             verdict = await self.backend.reserve(ticket.lease, ticket.args)
-        except BackendError as exc:
+        except BaseException as exc:
+            # The script may have run (a timeout, the client leaving): free any slot it took.
+            if ticket.plan.parallel:
+                keys = [arg[1] for arg in ticket.args if arg[0] == PARALLEL]
+                self.backend.release(ticket.lease, keys)
+            if not isinstance(exc, BackendError):
+                raise
             self._backend_failed(exc)
             return
         self._admitted(call, ticket, verdict)
@@ -334,11 +342,12 @@ class Limiter:
         refund = call.cache_status == "hit" and not self.settings.count_cache_hits
         tokens, cost = self._used(call, outcome, ticket) if not refund else (0, 0)
         plan = ticket.plan
-        if ticket.args is None:
+        if ticket.costs is not None:
             self._settle_memory(ticket, tokens, cost, refund)
             return
         items: list[SettleArgs] = []
         amounts = plan.amounts
+        assert ticket.args is not None
         for n, (kind, key, _limit, reserved, a, b) in enumerate(ticket.args):
             code = amounts[n]
             if code == TOKENS:
@@ -395,7 +404,6 @@ class Limiter:
                     cell[0] = max(0, cell[0] + delta)
                 after.append(cell[0])
         if plan.alerts:
-            ticket.args = self._args(plan, 0, 0)
             self.alerts.check(ticket, after)
 
     def _settled(self, ticket: Ticket, future: asyncio.Future[list[int]]) -> None:
@@ -416,7 +424,7 @@ class Limiter:
             prompt = summary.prompt_tokens if not summary.usage_counted else 0
             prompt = prompt or ticket.input_tokens
             completion = summary.completion_tokens
-        elif outcome.status in (499, 503):
+        elif outcome.status == 499 or outcome.error_type == "shutdown":
             # A whole call cancelled midway: the upstream may have used it all.
             return ticket.input_tokens + ticket.output_tokens, ticket.cost_micro
         elif outcome.status >= 400 or outcome.response_body is None:
@@ -446,7 +454,8 @@ class Limiter:
             try:
                 _now, used = await self.backend.usage(args)
             except BackendError as exc:
-                return {"limits_usage": None, "limits_error": str(exc)}
+                log.warning("limits: key info without usage: %s", exc)
+                return {"limits_usage": None, "limits_error": "the limits backend is unavailable"}
         rows = []
         for item, arg, amount in zip(plan.items, args, used, strict=True):
             row: dict[str, Any] = {"scope": item.scope, "metric": item.metric}
