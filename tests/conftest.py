@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.redis import delete_prefix, key_prefix, redis_url
 from tests.support.servers import (
     Gateway,
     MockUpstream,
@@ -30,3 +31,17 @@ def gateway(
     gw = start_gateway(standard_config(mock_upstream), tmp_path_factory.mktemp("gw"))
     yield gw
     gw.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for the module's tests: REDIS_URL, or a private server (see support/redis.py)."""
+    yield from redis_url(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture
+def prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix of the test's own in `redis_server`, its keys deleted afterwards."""
+    name = key_prefix()
+    yield name
+    delete_prefix(redis_server, name)

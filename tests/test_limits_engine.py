@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +12,11 @@ import pytest
 from llm_proxy.calls import Call, Deployment, Outcome, decode_call
 from llm_proxy.config import parse_config
 from llm_proxy.errors import GatewayError
-from llm_proxy.limits.backend import MemoryBackend
+from llm_proxy.limits.backend import MemoryBackend, Verdict
 from llm_proxy.limits.plan import WINDOW
 from llm_proxy.limits.stage import Limiter
 from llm_proxy.pricing import PriceTable
 from llm_proxy.wire.openai import Usage
-
-from tests.support.redis import delete_prefix, key_prefix, redis_url
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from redis_url(tmp_path_factory.mktemp("limits-unit-redis"))
-
-
-@pytest.fixture
-def prefix(redis_server: str) -> Iterator[str]:
-    name = key_prefix()
-    yield name
-    delete_prefix(redis_server, name)
 
 
 def _limiter(backend: str, url: str, prefix: str, **limits: Any) -> Limiter:
@@ -92,17 +77,19 @@ def test_a_new_budget_period_starts_clean(backend: str, redis_server: str, prefi
 
 def test_the_window_forgets_a_slot_61_seconds_on() -> None:
     backend = MemoryBackend()
-    key = "t:rpm"
-    item = (WINDOW, key, 2, 1, 1000, 60)
-    assert backend.reserve("a", [item]).ok
-    assert backend.reserve("b", [item]).ok
-    refused = backend.reserve("c", [item])
+    window = backend.window("t:rpm", 1000, 60)
+
+    def reserve(lease: str) -> Verdict:
+        return backend.reserve_cells([WINDOW], [window], [2], [1], [1000], [60], lease)
+
+    assert reserve("a").ok
+    assert reserve("b").ok
+    refused = reserve("c")
     assert not refused.ok and 59_000 < refused.wait_ms <= 61_000
-    window = backend._windows[key]
     # Move both calls' slot back in time by 61 s: they have left the window.
     window.slots = {s - 61: v for s, v in window.slots.items()}
     window.h -= 61
-    assert backend.reserve("d", [item]).ok
+    assert reserve("d").ok
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])

@@ -265,10 +265,7 @@ class Pipeline:
                     span.stage("cache.lookup")
                 ticket, hit = await cache.lookup_reply(call)
                 if hit is not None:
-                    self.ended(call, Outcome(hit.status, usage=hit.usage, response_body=hit.body))
-                    if call.rate_headers is not None:
-                        hit.headers = [*hit.headers, *call.rate_headers]
-                    return hit
+                    return self._answered(call, hit)
             if span is not None:
                 span.upstream(deployment)
             if cache is not None and ticket is not None:
@@ -289,6 +286,11 @@ class Pipeline:
         except BaseException as exc:
             self.ended(call, self._failed(call, exc))
             raise
+        return self._answered(call, reply)
+
+    def _answered(self, call: Call, reply: Reply) -> Reply:
+        """The end of a whole answer, from the cache or the upstream: recorded, and given the
+        limits' headers."""
         self.ended(call, Outcome(reply.status, usage=reply.usage, response_body=reply.body))
         if call.rate_headers is not None:
             reply.headers = [*reply.headers, *call.rate_headers]

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -24,24 +23,12 @@ import pytest
 from llm_proxy.grpc.gen import gateway_pb2 as pb
 from llm_proxy.grpc.gen import gateway_pb2_grpc as pb_grpc
 
-from tests.support.redis import delete_prefix, key_prefix, redis_url, start_private_redis
+from tests.support.redis import start_private_redis
 from tests.support.servers import Gateway, MockUpstream, start_gateway
 
 CHAT = [{"role": "user", "content": "Tell me about rate limits"}]
 # USD per million tokens for the priced test model: big, so a few calls spend cents.
 PRICE = {"input": 1000.0, "output": 2000.0}
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from redis_url(tmp_path_factory.mktemp("limits-redis"))
-
-
-@pytest.fixture
-def prefix(redis_server: str) -> Iterator[str]:
-    name = key_prefix()
-    yield name
-    delete_prefix(redis_server, name)
 
 
 def config_for(upstream: MockUpstream, limits: dict[str, Any], **extra: Any) -> dict[str, Any]:

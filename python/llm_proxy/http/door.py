@@ -22,14 +22,21 @@ from ..keys.stage import Authenticate, key_info
 from ..pipeline import Pipeline, PipelineStream
 from .foreign import ForeignApi
 from .messages import CountTokensApi, MessagesApi
-from .outcomes import ClientGone, first_event, shutting_down, stream_cancelled, stream_failed
+from .outcomes import (
+    JSON,
+    ClientGone,
+    first_event,
+    json_headers,
+    shutting_down,
+    stream_cancelled,
+    stream_failed,
+)
 from .responses import STORED_PREFIX, ResponsesApi
 from .watch import RequestWatch
 
 log = logging.getLogger("llm_proxy.http")
 _encoder = msgspec.json.Encoder()
 
-JSON = "application/json"
 _POST_ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat",
     "/chat/completions": "chat",
@@ -55,13 +62,9 @@ _BROKEN_BODY_LOG_S = 10.0
 def _error_response(
     proto: HTTPProtocol, exc: GatewayError, request_id: str, overhead_ms: float
 ) -> None:
-    headers = [
-        ("content-type", JSON),
-        ("x-request-id", request_id),
-        ("x-llm-proxy-overhead-ms", f"{overhead_ms:.3f}"),
-        *exc.headers,
-    ]
-    proto.response_bytes(exc.status, headers, exc.body())
+    proto.response_bytes(
+        exc.status, [*json_headers(request_id, overhead_ms), *exc.headers], exc.body()
+    )
 
 
 def _since_ms(started: float) -> float:
@@ -195,12 +198,7 @@ class HttpDoor:
             body = _encoder.encode(self._model_entry(name, model.provider))
         else:
             raise GatewayError(404, f"Unknown request URL: GET {shown(path)}", code="unknown_url")
-        headers = [
-            ("content-type", JSON),
-            ("x-request-id", request_id),
-            ("x-llm-proxy-overhead-ms", f"{_since_ms(started):.3f}"),
-        ]
-        proto.response_bytes(200, headers, body)
+        proto.response_bytes(200, json_headers(request_id, _since_ms(started)), body)
 
     async def _key_info(
         self, scope: Scope, proto: HTTPProtocol, request_id: str, started: float
@@ -212,12 +210,7 @@ class HttpDoor:
         limiter = self.pipeline.limiter
         extra = await limiter.usage(entry.id, entry) if limiter is not None else None
         body = _encoder.encode(key_info(entry, list(self.config.models), extra))
-        headers = [
-            ("content-type", JSON),
-            ("x-request-id", request_id),
-            ("x-llm-proxy-overhead-ms", f"{_since_ms(started):.3f}"),
-        ]
-        proto.response_bytes(200, headers, body)
+        proto.response_bytes(200, json_headers(request_id, _since_ms(started)), body)
 
     def _model_entry(self, name: str, provider: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": provider}
@@ -320,11 +313,7 @@ class HttpDoor:
                 await self._stream(call, proto, task)
                 return
             reply = await self.pipeline.complete(call)
-            headers = [
-                ("content-type", JSON),
-                ("x-request-id", request_id),
-                ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-            ]
+            headers = json_headers(request_id, call.overhead_ms())
             if call.cache_status != "off":
                 headers += _cache_headers(call)
             if reply.headers:

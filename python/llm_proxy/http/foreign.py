@@ -23,13 +23,12 @@ from granian.rsgi import Scope
 from ..calls import Call, ClientWire, Headers, Outcome, Reply, shown
 from ..config import AnthropicProvider, Config
 from ..errors import GatewayError
-from .outcomes import ClientGone, first_event, shutting_down, stream_cancelled
+from .outcomes import ClientGone, first_event, json_headers, shutting_down, stream_cancelled
 
 if TYPE_CHECKING:
     from .door import HttpDoor
 
 log = logging.getLogger("llm_proxy.http")
-JSON = "application/json"
 _SSE_HEADERS = [
     ("content-type", "text/event-stream; charset=utf-8"),
     ("cache-control", "no-cache"),
@@ -124,12 +123,8 @@ class ForeignApi:
     def error_response(
         self, proto: HTTPProtocol, exc: GatewayError, request_id: str, started: float
     ) -> None:
-        headers = [
-            ("content-type", JSON),
-            ("x-request-id", request_id),
-            ("x-llm-proxy-overhead-ms", f"{(time.perf_counter() - started) * 1000.0:.3f}"),
-            *exc.headers,
-        ]
+        overhead_ms = (time.perf_counter() - started) * 1000.0
+        headers = [*json_headers(request_id, overhead_ms), *exc.headers]
         proto.response_bytes(exc.status, headers, self.error_body(exc))
 
     def refused(self, request_id: str, exc: GatewayError) -> None:
@@ -192,11 +187,7 @@ class ForeignApi:
                     body = self.whole(call, reply)
             except ValueError as exc:
                 raise GatewayError(502, f"upstream answered with an invalid body: {exc}") from None
-            headers = [
-                ("content-type", JSON),
-                ("x-request-id", call.request_id),
-                ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-            ]
+            headers = json_headers(call.request_id, call.overhead_ms())
             headers += _cache_headers(call)
             if reply.headers:
                 headers += reply.headers

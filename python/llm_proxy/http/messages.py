@@ -26,8 +26,8 @@ from ..wire.anthropic import (
     messages_head_decoder,
     token_count_decoder,
 )
-from .foreign import JSON, ForeignApi, is_anthropic, native_providers, targets
-from .outcomes import ClientGone
+from .foreign import ForeignApi, is_anthropic, native_providers, targets
+from .outcomes import ClientGone, json_headers
 
 if TYPE_CHECKING:
     from .door import HttpDoor
@@ -154,12 +154,8 @@ class CountTokensApi(MessagesApi):
                     self.pipeline.ended(call, Outcome(500, "internal_error", type(exc).__name__))
                 raise
             self.pipeline.ended(call, Outcome(200))
-            headers = [
-                ("content-type", JSON),
-                ("x-request-id", request_id),
-                ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-                ("x-llm-proxy-token-count", how),
-            ]
+            headers = json_headers(request_id, call.overhead_ms())
+            headers.append(("x-llm-proxy-token-count", how))
             proto.response_bytes(200, headers, answer)
         except GatewayError as exc:
             if call is None:

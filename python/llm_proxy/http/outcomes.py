@@ -32,6 +32,18 @@ async def first_event(events: AsyncGenerator[bytes, None], request_id: str) -> b
         raise stream_failed(request_id) from None
 
 
+JSON = "application/json"
+
+
+def json_headers(request_id: str, overhead_ms: float) -> list[tuple[str, str]]:
+    """The headers every JSON answer of the HTTP door starts with (callers add their own)."""
+    return [
+        ("content-type", JSON),
+        ("x-request-id", request_id),
+        ("x-llm-proxy-overhead-ms", f"{overhead_ms:.3f}"),
+    ]
+
+
 def shutting_down() -> GatewayError:
     return GatewayError(503, SHUTDOWN_MESSAGE, code="shutdown")
 

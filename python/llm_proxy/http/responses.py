@@ -24,6 +24,7 @@ from ..translate.responses import TranslationError, chat_to_response, responses_
 from ..translate.responses_stream import ResponsesEvents
 from ..wire.sse import event_data, split_events
 from .foreign import ForeignApi, native_providers, targets
+from .outcomes import json_headers
 
 if TYPE_CHECKING:
     from .door import HttpDoor
@@ -235,12 +236,7 @@ class ResponsesApi(ForeignApi):
             self.pipeline.ended(call, Outcome(200))
             if method == "DELETE":
                 await self.owners.forget(response_id)
-            headers = [
-                ("content-type", "application/json"),
-                ("x-request-id", request_id),
-                ("x-llm-proxy-overhead-ms", f"{call.overhead_ms():.3f}"),
-                *reply.headers,
-            ]
+            headers = [*json_headers(request_id, call.overhead_ms()), *reply.headers]
             proto.response_bytes(200, headers, reply.body)
         except GatewayError as exc:
             self.error_response(proto, exc, request_id, started)

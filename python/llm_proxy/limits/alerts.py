@@ -43,12 +43,11 @@ class Alerts:
         self.prefix = prefix
         self.backend = backend
         self.metrics = metrics
-        # Alert keys this process already saw marked, until when: not asked of the backend
-        # again before then (a rolling window's mark lapses with the window).
-        self._seen: dict[str, float] = {}
-        self._marked: dict[str, float] = {}  # the memory backend's marks
+        # Alert keys this process already saw marked, until when (ms): not asked of the
+        # backend again before then (a rolling window's mark lapses with the window). For the
+        # memory backend this is the mark itself.
+        self._seen: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.sent: list[dict[str, Any]] = []
 
     async def close(self) -> None:
         if self._tasks:
@@ -69,7 +68,7 @@ class Alerts:
                     continue
                 ttl_ms = arg[4] - now_ms if arg[0] == COUNTER else arg[4] * arg[5]
                 if len(self._seen) >= _MAX_SEEN:
-                    self._seen.clear()
+                    self._forget(now_ms)
                 self._seen[mark] = now_ms + ttl_ms
                 event = {
                     "type": "budget.threshold",
@@ -85,13 +84,16 @@ class Alerts:
                     event["period_end"] = arg[5] / 1000
                 self._mark(mark, ttl_ms, event)
 
+    def _forget(self, now_ms: int) -> None:
+        """Drop the lapsed marks; all of them only if every one is still live."""
+        for mark in [m for m, until in self._seen.items() if until <= now_ms]:
+            del self._seen[mark]
+        if len(self._seen) >= _MAX_SEEN:
+            self._seen.clear()
+
     def _mark(self, mark: str, ttl_ms: int, event: dict[str, Any]) -> None:
         if isinstance(self.backend, MemoryBackend):
-            now = time.monotonic()
-            if self._marked.get(mark, 0.0) > now:
-                return
-            self._marked[mark] = now + ttl_ms / 1000
-            self._fire(event)
+            self._fire(event)  # one process: `_seen` is the mark
             return
         task = asyncio.get_running_loop().create_task(self._mark_shared(mark, ttl_ms, event))
         self._tasks.add(task)
@@ -119,8 +121,6 @@ class Alerts:
             f"this {event['period']} period" if event["window"] is None else
             f"in the last {event['window']}",
         )  # fmt: skip
-        self.sent.append(event)
-        del self.sent[:-100]
         if self.metrics is not None:
             self.metrics.budget_alerts.labels(
                 event["scope"].split(":", 1)[0], str(event["threshold"])

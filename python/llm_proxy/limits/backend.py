@@ -88,70 +88,6 @@ class MemoryBackend:
     async def close(self) -> None:
         return None
 
-    def reserve(self, lease: str, items: list[Args]) -> Verdict:
-        now = int(time.time() * 1000)
-        self._calls += 1
-        if not self._calls & 0x3FFF:
-            self._sweep(now)
-        used: list[int] = []
-        refused, refused_wait = -1, -2
-        windows = self._windows
-        for i, (kind, key, limit, cost, a, b) in enumerate(items):
-            wait: int | None = None
-            if kind == WINDOW:
-                slot = now // a
-                window = windows.get(key)
-                if window is None:
-                    u = 0
-                else:
-                    if slot - b - 1 > window.h:
-                        window.trim(slot - b - 1, b)
-                    u = window.total
-                if u + cost > limit:
-                    wait = -1
-                    if cost <= limit:
-                        assert window is not None
-                        wait = window.wait(u + cost - limit, slot, a, b, now)
-            elif kind == PARALLEL:
-                leases = self._leases.get(key)
-                if leases:
-                    for name in [n for n, until in leases.items() if until <= now]:
-                        del leases[name]
-                u = len(leases) if leases else 0
-                if u + cost > limit:
-                    wait = 1000 if cost <= limit else -1
-            else:
-                counter = self._counters.get(key)
-                u = counter[0] if counter is not None else 0
-                if u + cost > limit:
-                    wait = -1
-            if wait is not None and (
-                refused < 0 or wait == -1 or (refused_wait != -1 and wait > refused_wait)
-            ):
-                refused, refused_wait = i, wait
-            used.append(u)
-        if refused >= 0:
-            return Verdict(False, now, [used[refused]], refused, refused_wait)
-        for i, (kind, key, _limit, cost, a, b) in enumerate(items):
-            if kind == WINDOW:
-                slot = now // a
-                window = windows.get(key)
-                if window is None:
-                    window = windows[key] = _Window(slot - b - 1)
-                if cost:
-                    window.slots[slot] = window.slots.get(slot, 0) + cost
-                    window.total += cost
-            elif kind == PARALLEL:
-                self._leases.setdefault(key, {})[lease] = now + a
-            else:
-                counter = self._counters.get(key)
-                if counter is None:
-                    self._counters[key] = [cost, a]
-                else:
-                    counter[0] += cost
-            used[i] += cost
-        return Verdict(True, now, used)
-
     def window(self, key: str, a: int, b: int) -> _Window:
         """The window behind `key`, made if new: a plan holds it for its calls."""
         window = self._windows.get(key)
@@ -172,7 +108,8 @@ class MemoryBackend:
         self, kinds: list[str], cells: list[Any], limits: list[int], costs: list[int],
         a_s: list[int], b_s: list[int], lease: str,
     ) -> Verdict:  # fmt: skip
-        """`reserve` on the cells a plan resolved (its windows, leases and counters)."""
+        """Reserve every item at once or none: each item's cell (a plan resolves them once:
+        its windows, leases and counters), limit and cost."""
         now = int(time.time() * 1000)
         used: list[int] = []
         refused, refused_wait = -1, -2
@@ -230,31 +167,34 @@ class MemoryBackend:
             self._sweep(now)
         return Verdict(True, now, used)
 
-    def settle(self, lease: str, items: list[SettleArgs]) -> list[int]:
-        now = int(time.time() * 1000)
-        out = []
-        for kind, key, delta, a, b, slot in items:
-            u = 0
+    def settle_cells(
+        self, kinds: list[str], cells: list[Any], deltas: list[int], a_s: list[int],
+        slot_ms: int, lease: str,
+    ) -> list[int]:  # fmt: skip
+        """The settle of `reserve_cells`: each window's and counter's change (a window's in
+        the slot the reservation went into, while it is still in the window), the lease freed.
+        Each item's amount afterwards."""
+        after: list[int] = []
+        for n, kind in enumerate(kinds):
+            cell = cells[n]
+            delta = deltas[n]
             if kind == WINDOW:
-                window = self._windows.get(key)
-                if window is not None:
-                    v = window.slots.get(slot)
-                    if delta and v is not None and slot > window.h and slot > now // a - b - 1:
+                if delta:
+                    slot = slot_ms // a_s[n]
+                    v = cell.slots.get(slot)
+                    if v is not None and slot > cell.h:
                         delta = max(delta, -v)
-                        window.slots[slot] = v + delta
-                        window.total += delta
-                    u = window.total
+                        cell.slots[slot] = v + delta
+                        cell.total += delta
+                after.append(cell.total)
             elif kind == PARALLEL:
-                leases = self._leases.get(key)
-                if leases is not None:
-                    leases.pop(lease, None)
+                cell.pop(lease, None)
+                after.append(len(cell))
             else:
-                counter = self._counters.get(key)
-                if counter is not None:
-                    counter[0] = max(0, counter[0] + delta)
-                    u = counter[0]
-            out.append(u)
-        return out
+                if delta:
+                    cell[0] = max(0, cell[0] + delta)
+                after.append(cell[0])
+        return after
 
     def usage(self, items: list[Args]) -> tuple[int, list[int]]:
         now = int(time.time() * 1000)

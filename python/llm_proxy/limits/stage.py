@@ -107,7 +107,6 @@ class Limiter:
         self._reject_unpriced = config.pricing.unknown_model == "reject"
         self._last_error_log = -math.inf
         self.alerts = Alerts(settings.alerts, self.prefix, self.backend, metrics)
-        self.backend_errors = 0
 
     @staticmethod
     def wanted(config: Config) -> bool:
@@ -128,11 +127,6 @@ class Limiter:
         await self.backend.close()
 
     # -- the plan of a (key, model) pair -------------------------------------------------------
-
-    def _entry(self, call: Call) -> KeyEntry | None:
-        if call.key_id is None or self.keys is None:
-            return None
-        return self.keys.entries.get(call.key_id)
 
     def plan(self, key_id: str | None, entry: KeyEntry | None, model: str) -> Plan:
         plans = self._plans
@@ -172,9 +166,7 @@ class Limiter:
         key_id = call.key_id
         keys = self.keys
         entry = keys.entries.get(key_id) if key_id is not None and keys is not None else None
-        plan = self._plans.get((key_id, call.model))
-        if plan is None or plan.owner is not entry:
-            plan = self.plan(key_id, entry, call.model)
+        plan = self.plan(key_id, entry, call.model)
         if not plan.items:
             return None
         input_tokens = output_tokens = cost = 0
@@ -190,8 +182,9 @@ class Limiter:
             costs = self._costs(plan, input_tokens + output_tokens, cost)
             backend = self.backend
             assert isinstance(backend, MemoryBackend)
-            cells = plan.cells if not plan.budgets else self._cells(plan, backend)
-            if cells is None:
+            # Counters change with the period: a plan with budgets resolves them per call.
+            cells = plan.cells
+            if cells is None or plan.budgets:
                 cells = self._cells(plan, backend)
             ticket = Ticket(plan, None, lease, 0, input_tokens, output_tokens, price, cost, costs)
             if plan.alerts:  # the alert marks name the periods reserved from
@@ -255,7 +248,6 @@ class Limiter:
 
     def _backend_failed(self, exc: BackendError) -> None:
         action = self.settings.on_backend_error
-        self.backend_errors += 1
         if self.metrics is not None:
             self.metrics.limits_backend_errors.labels(self.backend.name, action).inc()
         now = time.monotonic()
@@ -343,21 +335,12 @@ class Limiter:
         tokens, cost = self._used(call, outcome, ticket) if not refund else (0, 0)
         plan = ticket.plan
         if ticket.costs is not None:
-            self._settle_memory(ticket, tokens, cost, refund)
+            self._settle_memory(ticket, _deltas(plan, ticket.costs, tokens, cost, refund))
             return
-        items: list[SettleArgs] = []
-        amounts = plan.amounts
         assert ticket.args is not None
-        for n, (kind, key, _limit, reserved, a, b) in enumerate(ticket.args):
-            code = amounts[n]
-            if code == TOKENS:
-                delta = tokens - reserved
-            elif code == COST:
-                delta = cost - reserved
-            elif kind == WINDOW:
-                delta = -1 if refund else 0
-            else:
-                delta = 0
+        deltas = _deltas(plan, [arg[3] for arg in ticket.args], tokens, cost, refund)
+        items: list[SettleArgs] = []
+        for (kind, key, _limit, _cost, a, b), delta in zip(ticket.args, deltas, strict=True):
             if delta or kind == PARALLEL or plan.alerts:
                 items.append((kind, key, delta, a, b, ticket.now_ms // a if kind == WINDOW else 0))
         if not items:
@@ -371,38 +354,12 @@ class Limiter:
         else:
             future.add_done_callback(_quiet)
 
-    def _settle_memory(self, ticket: Ticket, tokens: int, cost: int, refund: bool) -> None:
+    def _settle_memory(self, ticket: Ticket, deltas: list[int]) -> None:
         plan = ticket.plan
-        cells, costs = ticket.cells, ticket.costs
-        assert cells is not None and costs is not None
-        now_ms = ticket.now_ms
-        amounts, kinds = plan.amounts, plan.kinds
-        after: list[int] = []
-        for n, code in enumerate(amounts):
-            kind = kinds[n]
-            cell = cells[n]
-            if code == TOKENS:
-                delta = tokens - costs[n]
-            elif code == COST:
-                delta = cost - costs[n]
-            else:
-                delta = -1 if refund and kind == WINDOW else 0
-            if kind == WINDOW:
-                if delta:
-                    slot = now_ms // plan.a_s[n]
-                    v = cell.slots.get(slot)
-                    if v is not None and slot > cell.h:
-                        delta = max(delta, -v)
-                        cell.slots[slot] = v + delta
-                        cell.total += delta
-                after.append(cell.total)
-            elif kind == PARALLEL:
-                cell.pop(ticket.lease, None)
-                after.append(len(cell))
-            else:
-                if delta:
-                    cell[0] = max(0, cell[0] + delta)
-                after.append(cell[0])
+        assert ticket.cells is not None and isinstance(self.backend, MemoryBackend)
+        after = self.backend.settle_cells(
+            plan.kinds, ticket.cells, deltas, plan.a_s, ticket.now_ms, ticket.lease
+        )
         if plan.alerts:
             self.alerts.check(ticket, after)
 
@@ -477,6 +434,20 @@ class Limiter:
                 row.update(limit=item.limit, used=amount, remaining=max(0, item.limit - amount))
             rows.append(row)
         return {"limits_usage": rows}
+
+
+def _deltas(plan: Plan, reserved: list[int], tokens: int, cost: int, refund: bool) -> list[int]:
+    """Each item's change at the settle: tokens and cost to what was used, a refunded cache
+    hit's request given back, the rest unchanged."""
+    deltas = []
+    for n, code in enumerate(plan.amounts):
+        if code == TOKENS:
+            deltas.append(tokens - reserved[n])
+        elif code == COST:
+            deltas.append(cost - reserved[n])
+        else:
+            deltas.append(-1 if refund and plan.kinds[n] == WINDOW else 0)
+    return deltas
 
 
 def _answer_tokens(body: bytes, call: Call) -> int:
